@@ -1,0 +1,1 @@
+"""ChatD: the client-facing front end that routes sealed envelopes it cannot read."""

@@ -1,0 +1,1 @@
+"""The device side: backup keys, age-format backups, storage, the vault client and `bkv`."""

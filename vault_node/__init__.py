@@ -1,0 +1,1 @@
+"""A member of the HSM fleet: Raft-replicated, guess-limited key vault."""
