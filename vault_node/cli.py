@@ -1,10 +1,133 @@
-"""`bkv-vault-node`: run a vault node, create a fleet."""
+"""`bkv-vault-node`: create a fleet (`init-fleet`) and run a vault node (`run`).
+
+Exit codes: 0 ok, 1 unexpected failure, 2 bad configuration or keys, 4 cannot listen.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import os
+import signal
 import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from vault_node.config import ConfigError, NodeConfig
+from vault_node.hsm import (
+    FleetHsm,
+    HsmError,
+    SoftwareMasterKey,
+    create_master_key_file,
+    init_fleet,
+)
 
 
-def main() -> int:
-    print("bkv-vault-node: not built yet", file=sys.stderr)
-    return 1
+def _init_fleet(args: argparse.Namespace) -> int:
+    key_file: Path = args.master_key_file
+    out: Path = args.fleet_file
+    if out.exists():
+        print(f"bkv-vault-node: {out} already exists; refusing to overwrite", file=sys.stderr)
+        return 2
+    try:
+        created = create_master_key_file(key_file)
+        # Same key source as `run` ($BKV_MASTER_KEY wins), so the nodes can open the fleet.
+        master = SoftwareMasterKey.load(key_file)
+        blob = init_fleet(master)
+        hsm = FleetHsm.open_fleet(master, blob)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(blob)
+    except HsmError as err:
+        print(f"bkv-vault-node: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"bkv-vault-node: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    keys = {
+        "fleet_public_key": hsm.fleet_public_key.hex(),
+        "opaque_public_key": hsm.opaque_public_key.hex(),
+    }
+    if args.json:
+        print(json.dumps(keys))
+    else:
+        if created:
+            print(f"created master key file {key_file} (mode 0600)")
+        print(f"wrote sealed fleet file {out}")
+        print(f"fleet_public_key  = {keys['fleet_public_key']}")
+        print(f"opaque_public_key = {keys['opaque_public_key']}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("bkv.vault").info("signal %d: shutting down", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _serve(args.config, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(config: Path, stop: threading.Event) -> int:
+    # Imported here so `init-fleet` doesn't pull in gRPC and Raft.
+    from vault_node.server import StartupError, VaultNode
+
+    try:
+        node = VaultNode(NodeConfig.load(config))
+    except (ConfigError, StartupError) as err:
+        print(f"bkv-vault-node: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    try:
+        node.start()
+        while not stop.wait(0.5):
+            pass
+    except StartupError as err:
+        print(f"bkv-vault-node: {err}", file=sys.stderr)
+        return err.exit_code
+    finally:
+        node.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bkv-vault-node", description="A member of the Backup Key Vault HSM fleet."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init-fleet", help="create the master key (if absent) and fleet secrets")
+    init.add_argument("--master-key-file", type=Path, required=True)
+    init.add_argument("--fleet-file", type=Path, required=True)
+    init.add_argument("--json", action="store_true", help="print the public keys as JSON")
+    init.set_defaults(handler=_init_fleet)
+    run = sub.add_parser("run", help="run a vault node until SIGTERM/SIGINT")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,23 @@
-"""Helpers shared by the `bkv` subcommands."""
+"""Helpers shared by the `bkv` subcommands: errors, key input, atomic output files."""
 
 from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from client_sdk.keys import MAX_KEY_FILE_BYTES, BackupKey, KeyFormatError, read_key_file
+
+EXIT_GENERIC = 1
+EXIT_BAD_INPUT = 2
+EXIT_DAMAGED = 3
+EXIT_UNREACHABLE = 4
+STDIO = "-"
 
 
 class CliError(Exception):
@@ -13,3 +30,84 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def load_key(key_file: str | Path | None) -> BackupKey:
+    """The backup key from ``key_file``, else from standard input (a hidden prompt on a TTY).
+
+    Keys never come from the command line, where other users and shell history see them.
+    """
+    if key_file is not None and str(key_file) != STDIO:
+        try:
+            return read_key_file(key_file)
+        except KeyFormatError as err:
+            raise CliError(str(err), EXIT_BAD_INPUT) from None
+        except OSError as err:
+            message = f"can't read key file {key_file}: {err.strerror}"
+            raise CliError(message, EXIT_BAD_INPUT) from None
+    try:
+        if sys.stdin.isatty():
+            text = getpass.getpass("Backup key (64 hex digits): ")
+        else:
+            text = sys.stdin.read(MAX_KEY_FILE_BYTES + 1)
+    except (EOFError, UnicodeDecodeError):
+        raise CliError("no readable key on standard input", EXIT_BAD_INPUT) from None
+    if not text.strip():
+        raise CliError("no key given: use --key-file FILE or type the key on stdin", EXIT_BAD_INPUT)
+    if len(text) > MAX_KEY_FILE_BYTES:
+        raise CliError("standard input is too large to be a key", EXIT_BAD_INPUT)
+    try:
+        return BackupKey.parse(text)
+    except KeyFormatError as err:
+        raise CliError(f"key on standard input: {err}", EXIT_BAD_INPUT) from None
+
+
+@contextlib.contextmanager
+def open_input(name: str) -> Iterator[BinaryIO]:
+    """A file to read, or standard input for "-"; a missing file is a one-line error."""
+    if name == STDIO:
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = open(name, "rb")  # noqa: SIM115 - closed below, after the caller is done
+    except OSError as err:
+        raise CliError(f"can't read {name}: {err.strerror}", EXIT_GENERIC) from None
+    with handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def atomic_output(name: str) -> Iterator[BinaryIO]:
+    """Write to a private temporary file beside ``name``, renamed over it only on success.
+
+    If the block raises, the temporary file is removed and ``name`` is untouched.
+    "-" streams to standard output instead (where nothing can be taken back).
+    """
+    if name == STDIO:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(name)
+    if target.is_dir():
+        raise CliError(f"{name} is a folder", EXIT_GENERIC)
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(temp, flags, 0o600)
+    except OSError as err:
+        raise CliError(f"can't write {name}: {err.strerror}", EXIT_GENERIC) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as err:
+                raise CliError(f"can't write {name}: {err.strerror}", EXIT_GENERIC) from None
+        try:
+            os.replace(temp, target)
+        except OSError as err:
+            raise CliError(f"can't write {name}: {err.strerror}", EXIT_GENERIC) from None
+    finally:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)

@@ -1,15 +1,34 @@
-"""`bkv demo` subcommands."""
+"""`bkv demo`: start a throw-away cluster and walk through backup, loss and recovery."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from client_sdk.cli.common import CliError
 
 
 def register(sub: Any) -> None:
-    """Add the `demo` command group to the `bkv` parser (not yet available)."""
-    del sub
+    """Add the `demo` command to the `bkv` parser."""
+    parser = sub.add_parser("demo", help="end-to-end demo on a temporary local cluster")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="cluster state directory (default: a temporary one)")
+    parser.set_defaults(handler=_demo)
 
 
-def _unused(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
+    from client_sdk.backup import BackupError
+    from client_sdk.demo import DemoFailed, run_demo
+    from client_sdk.errors import VaultError
+    from client_sdk.launcher import LauncherError
+
+    try:
+        run_demo(args.state_dir, say=lambda line: print(line, flush=True))
+    except (DemoFailed, BackupError) as err:
+        raise CliError(f"demo failed: {err}", 1) from None
+    except LauncherError as err:
+        raise CliError(f"demo failed: {err}", 4) from None
+    except VaultError as err:
+        raise CliError(f"demo failed: {err}", 4) from None
     return 0

@@ -1,0 +1,166 @@
+"""Find and follow the Raft leader of a shard, within a deadline.
+
+Only the leader answers ``Vault.Handle``. ChatD caches the leader per shard,
+follows the ``bkv-leader`` hint a follower returns, and on a dead or unknown
+node tries the others with exponential backoff until the deadline. A hint is
+followed only if it names a configured node of that shard, so a node can't
+point ChatD at an arbitrary address.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from bkv_api.v1 import envelope_pb2, services_pb2, services_pb2_grpc
+
+log = logging.getLogger("bkv.chatd.routing")
+
+LEADER_METADATA_KEY = "bkv-leader"
+MAX_MESSAGE_BYTES = 64 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+# One try may wait this long: long enough for a slow Raft commit, short enough
+# that a hung (not dead) node leaves time to try another within the deadline.
+PER_TRY_SECONDS = 3.0
+BACKOFF_START_SECONDS = 0.02
+BACKOFF_MAX_SECONDS = 0.5
+# Codes after which another node (or the same one, later) may succeed.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+@dataclass(frozen=True)
+class VaultFailure(Exception):
+    """The shard answered with a final error, or nobody answered in time."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+class ShardRouter:
+    """Sends envelopes of one shard to its leader; thread-safe."""
+
+    def __init__(self, shard: int, nodes: Sequence[str]) -> None:
+        self.shard = shard
+        self.nodes = tuple(nodes)
+        self._lock = threading.Lock()
+        self._leader: str | None = None
+        self._next = 0
+        self._channels = {addr: grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+                          for addr in self.nodes}
+        self._stubs = {addr: services_pb2_grpc.VaultStub(ch) for addr, ch in self._channels.items()}
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    @property
+    def leader(self) -> str | None:
+        with self._lock:
+            return self._leader
+
+    def forward(
+        self, request: envelope_pb2.SealedRequest, deadline_seconds: float
+    ) -> envelope_pb2.SealedResponse:
+        """Deliver ``request`` to the leader; VaultFailure on a final error or timeout."""
+        deadline = time.monotonic() + deadline_seconds
+        backoff = BACKOFF_START_SECONDS
+        hops = 0  # hints followed without a pause; bounded so stale views can't spin
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise VaultFailure(grpc.StatusCode.UNAVAILABLE, "no vault leader reachable")
+            target = self._pick()
+            try:
+                reply: envelope_pb2.SealedResponse = self._stubs[target].Handle(
+                    request, timeout=min(remaining, PER_TRY_SECONDS)
+                )
+            except grpc.RpcError as err:
+                code = err.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    log.warning("shard %d: node %s did not answer in time", self.shard, target)
+                    self._forget(target)
+                    self._skip(target)
+                    continue
+                if code not in _RETRYABLE:
+                    raise VaultFailure(code, _final_details(err)) from None
+                hint = _leader_hint(err) if code == grpc.StatusCode.FAILED_PRECONDITION else None
+                if self._follow(target, hint) and hops < len(self.nodes):
+                    hops += 1
+                    continue  # a fresh hint: try the leader at once
+                hops = 0
+                self._skip(target)
+                time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, remaining)))
+                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                continue
+            with self._lock:
+                self._leader = target
+            return reply
+
+    def _pick(self) -> str:
+        with self._lock:
+            if self._leader is not None:
+                return self._leader
+            target = self.nodes[self._next % len(self.nodes)]
+            self._next += 1
+            return target
+
+    def _skip(self, target: str) -> None:
+        """Make the round robin move past ``target``."""
+        with self._lock:
+            if self.nodes[(self._next - 1) % len(self.nodes)] != target:
+                self._next = self.nodes.index(target) + 1
+
+    def _forget(self, target: str) -> None:
+        with self._lock:
+            if self._leader == target:
+                self._leader = None
+
+    def _follow(self, refused_by: str, hint: str | None) -> bool:
+        """Update the cached leader after a refusal; True if there is a new node to try now."""
+        with self._lock:
+            if hint is not None and hint in self._channels and hint != refused_by:
+                fresh = self._leader != hint
+                self._leader = hint
+                return fresh
+            if self._leader == refused_by or self._leader is None:
+                self._leader = None
+            return False
+
+    def status(self, timeout: float) -> list[tuple[str, services_pb2.NodeStatus | None]]:
+        """Every node's ``Vault.Status`` (None for the unreachable), asked in parallel."""
+        futures = [(addr, self._stubs[addr].Status.future(services_pb2.StatusRequest(),
+                                                          timeout=timeout))
+                   for addr in self.nodes]
+        results: list[tuple[str, services_pb2.NodeStatus | None]] = []
+        for addr, future in futures:
+            try:
+                results.append((addr, future.result()))
+            except grpc.RpcError:
+                results.append((addr, None))
+        return results
+
+
+def _leader_hint(err: grpc.RpcError) -> str | None:
+    trailing: Any = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == LEADER_METADATA_KEY and isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _final_details(err: grpc.RpcError) -> str:
+    details = err.details() if hasattr(err, "details") else None
+    text = details if isinstance(details, str) else "vault error"
+    return text[:200]

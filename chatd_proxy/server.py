@@ -1,0 +1,135 @@
+"""The ChatD gRPC service: authenticate, rate-limit, route; never read the payload.
+
+ChatD sees only the routing data of a :class:`SealedRequest` (account, shard,
+type); the body is sealed to the vault fleet. It checks that the caller's
+token speaks for that account, that the shard is the account's, and that the
+account is within its rate, then relays the sealed reply untouched. Logs carry
+shards and status codes, never accounts, tokens or payloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from typing import Any, NoReturn
+
+import grpc
+
+from bkv_api.v1 import envelope_pb2, services_pb2, services_pb2_grpc
+from bkv_protocol.errors import ProtocolError
+from bkv_protocol.sharding import shard_for
+from bkv_protocol.tokens import verify_token
+from chatd_proxy.config import ChatDConfig
+from chatd_proxy.ratelimit import RateLimiter
+from chatd_proxy.routing import MAX_MESSAGE_BYTES, ShardRouter, VaultFailure
+
+log = logging.getLogger("bkv.chatd")
+
+TOKEN_METADATA_KEY = "bkv-account-token"  # noqa: S105 (a header name)
+STATUS_TIMEOUT_SECONDS = 1.0
+GRPC_WORKERS = 32
+MAX_CONCURRENT_RPCS = 256
+
+
+class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
+    """Forward and ClusterStatus; stateless apart from leader caches and rate buckets."""
+
+    def __init__(self, config: ChatDConfig) -> None:
+        self._config = config
+        self._routers = [ShardRouter(i, nodes) for i, nodes in enumerate(config.shards)]
+        self._limiter = RateLimiter(
+            config.rate_limit.per_account_per_second, config.rate_limit.burst
+        )
+
+    def close(self) -> None:
+        for router in self._routers:
+            router.close()
+
+    def Forward(
+        self, request: envelope_pb2.SealedRequest, context: Any
+    ) -> envelope_pb2.SealedResponse:
+        token = _metadata(context, TOKEN_METADATA_KEY)
+        if token is None:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing account token")
+        try:
+            account = verify_token(self._config.token_public_key, token)
+        except ProtocolError as err:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"account token refused: {err}")
+        if account != request.account:
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED,
+                   "the account token is for another account")
+        if request.shard != shard_for(account, len(self._routers)):
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "wrong shard for this account")
+        if not self._limiter.allow(account):
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   "rate limit exceeded for this account; slow down and retry")
+        router = self._routers[request.shard]
+        try:
+            return router.forward(request, self._config.deadline_seconds)
+        except VaultFailure as failure:
+            log.info("shard %d: forward failed: %s", request.shard, failure.code.name)
+            _abort(context, failure.code, failure.details)
+
+    def ClusterStatus(
+        self, request: services_pb2.ClusterStatusRequest, context: Any
+    ) -> services_pb2.ClusterStatusReply:
+        del request, context
+        reply = services_pb2.ClusterStatusReply()
+        for router in self._routers:
+            for address, status in router.status(STATUS_TIMEOUT_SECONDS):
+                if status is None:
+                    reply.unreachable.append(address)
+                else:
+                    reply.nodes.append(status)
+        return reply
+
+
+class ChatDServer:
+    """The gRPC server process wiring: bind, serve, stop."""
+
+    def __init__(self, config: ChatDConfig) -> None:
+        self.config = config
+        self.service = ChatDService(config)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="chatd"),
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        )
+        services_pb2_grpc.add_ChatDServicer_to_server(self.service, self._server)
+        self.port = 0
+
+    def start(self) -> int:
+        """Bind the configured address (port 0 picks one); return the bound port."""
+        try:
+            self.port = self._server.add_insecure_port(self.config.listen)
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        self._server.start()
+        log.info("ChatD (%s) listening on port %d, %d shard(s)",
+                 self.config.datacenter, self.port, len(self.config.shards))
+        return self.port
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._server.stop(grace).wait()
+        self.service.close()
+
+
+def _metadata(context: Any, key: str) -> str | None:
+    for k, value in context.invocation_metadata() or ():
+        if k == key and isinstance(value, str):
+            return value
+    return None
+
+
+def _abort(context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
+    context.abort(code, details)
+    raise AssertionError("unreachable: context.abort raises")

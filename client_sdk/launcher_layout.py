@@ -1,0 +1,160 @@
+"""Files of a local cluster: port layout, secrets, fleet keys, node/ChatD/client configs.
+
+Pure file work, no long-running processes; :mod:`client_sdk.launcher` runs them.
+Secrets are created once, owner-only, and never overwritten, so a second
+``bkv cluster up`` reuses the same fleet and data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from bkv_protocol import tokens
+from client_sdk.config import ClientConfig
+
+DATACENTERS = (("dc1", 2), ("dc2", 2), ("dc3", 1))
+NODES_PER_SHARD = sum(n for _, n in DATACENTERS)
+CHATD_DEADLINE_SECONDS = 5.0
+CLIENT_DEADLINE_SECONDS = 15.0
+CHATD_RATE_PER_SECOND = 20.0
+CHATD_BURST = 40
+
+
+class LauncherError(Exception):
+    """The local cluster can't be created, started or reached (one-line message)."""
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports, held open together so none repeats."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def child_env() -> dict[str, str]:
+    """The environment for cluster processes: no BKV_* overrides leak in from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BKV_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def new_layout(shards: int, attempt_limit: int, allow_identity_ksf: bool) -> dict[str, Any]:
+    """Node ids, data centers and fresh loopback ports for every process."""
+    ports = iter(free_ports(2 * NODES_PER_SHARD * shards + len(DATACENTERS)))
+    nodes = []
+    for shard in range(shards):
+        for dc, count in DATACENTERS:
+            for i in range(1, count + 1):
+                nodes.append({
+                    "node_id": f"s{shard}-{dc}-n{i}",
+                    "datacenter": dc,
+                    "shard": shard,
+                    "raft_address": f"127.0.0.1:{next(ports)}",
+                    "grpc_address": f"127.0.0.1:{next(ports)}",
+                })
+    chatd = [{"name": f"chatd-{dc}", "datacenter": dc, "listen": f"127.0.0.1:{next(ports)}"}
+             for dc, _ in DATACENTERS]
+    return {"version": 1, "shards": shards, "nodes": nodes, "chatd": chatd,
+            "attempt_limit": attempt_limit, "allow_identity_ksf": allow_identity_ksf}
+
+
+def write_secret(path: Path, make: Callable[[], str]) -> None:
+    """Create a 0600 secret file once; an existing one is kept as it is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(make())
+
+
+def create_secrets(secrets_dir: Path) -> None:
+    """The Raft transport secret and the token signing key (the master key comes from
+    ``init-fleet``)."""
+    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secrets_dir.chmod(0o700)
+    write_secret(secrets_dir / "transport.secret", lambda: secrets.token_hex(32) + "\n")
+    write_secret(secrets_dir / "token-signing.key",
+                 lambda: tokens.generate_signing_key()[0].hex() + "\n")
+
+
+def init_fleet(state_dir: Path) -> str:
+    """Run ``bkv-vault-node init-fleet`` once; return the fleet's HPKE public key (hex)."""
+    fleet_file = state_dir / "fleet" / "fleet.sealed"
+    if fleet_file.exists():
+        raise LauncherError(f"{fleet_file} exists but the cluster layout is missing")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vault_node.cli", "init-fleet",
+         "--master-key-file", str(state_dir / "secrets" / "master.key"),
+         "--fleet-file", str(fleet_file), "--json"],
+        capture_output=True, text=True, timeout=120, env=child_env(), check=False,
+    )
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LauncherError(f"init-fleet failed: {reason}")
+    try:
+        key = json.loads(proc.stdout)["fleet_public_key"]
+    except (ValueError, KeyError, TypeError):
+        raise LauncherError("init-fleet printed no fleet_public_key") from None
+    if not isinstance(key, str) or len(key) != 64:
+        raise LauncherError("init-fleet printed a malformed fleet_public_key")
+    return key
+
+
+def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
+    """Node TOMLs, ChatD TOMLs (config/) and client.toml, all from the layout."""
+    secrets_dir = state_dir / "secrets"
+    config_dir = state_dir / "config"
+    for node in layout["nodes"]:
+        peers = [{k: p[k] for k in ("node_id", "datacenter", "raft_address", "grpc_address")}
+                 for p in layout["nodes"] if p["shard"] == node["shard"]]
+        cfg = {
+            **{k: node[k] for k in ("node_id", "datacenter", "shard", "grpc_address",
+                                    "raft_address")},
+            "data_dir": str(state_dir / "nodes" / node["node_id"]),
+            "fleet_file": str(state_dir / "fleet" / "fleet.sealed"),
+            "master_key_file": str(secrets_dir / "master.key"),
+            "transport_secret_file": str(secrets_dir / "transport.secret"),
+            "attempt_limit": layout["attempt_limit"],
+            "allow_identity_ksf": layout["allow_identity_ksf"],
+            "peers": peers,
+        }
+        (config_dir / f"{node['node_id']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")
+    signing = bytes.fromhex((secrets_dir / "token-signing.key").read_text("ascii").strip())
+    shards = [{"id": s, "nodes": [n["grpc_address"] for n in layout["nodes"] if n["shard"] == s]}
+              for s in range(layout["shards"])]
+    for chatd in layout["chatd"]:
+        cfg = {
+            "listen": chatd["listen"],
+            "datacenter": chatd["datacenter"],
+            "token_public_key": tokens.public_key_from(signing).hex(),
+            "deadline_seconds": CHATD_DEADLINE_SECONDS,
+            "rate_limit": {"per_account_per_second": CHATD_RATE_PER_SECOND,
+                           "burst": CHATD_BURST},
+            "shards": shards,
+        }
+        (config_dir / f"{chatd['name']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")
+    ClientConfig(
+        fleet_public_key=bytes.fromhex(layout["fleet_public_key"]),
+        shard_count=layout["shards"],
+        chatd=[c["listen"] for c in layout["chatd"]],
+        deadline_seconds=CLIENT_DEADLINE_SECONDS,
+        token_signing_key_file=secrets_dir / "token-signing.key",
+    ).save(state_dir / "client.toml")

@@ -1,0 +1,144 @@
+"""Local-folder storage: one file per object, published by an atomic rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from client_sdk.storage.base import (
+    ObjectNotFound,
+    ObjectReader,
+    ObjectWriter,
+    Storage,
+    StorageError,
+    StorageNotFound,
+    check_name,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+_PART_SUFFIX = ".part"
+
+
+def _fail(path: Path, err: OSError) -> StorageError:
+    return StorageError(f"{path}: {err.strerror or err}")
+
+
+class FolderStorage(Storage):
+    """Objects are files in ``path``; in-progress uploads are hidden ``.*.part`` files."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        self.path = path
+        self.url = str(path)
+        try:
+            if create:
+                path.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                raise StorageNotFound(f"storage not found: {path}")
+            if not path.is_dir():
+                raise StorageError(f"storage is not a folder: {path}")
+        except OSError as err:
+            raise _fail(path, err) from None
+
+    def open_writer(self, name: str) -> ObjectWriter:
+        return _FileWriter(self.path, check_name(name))
+
+    def open_reader(self, name: str) -> ObjectReader:
+        path = self.path / check_name(name)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{name} not found in {self.url}") from None
+        except OSError as err:
+            raise _fail(path, err) from None
+        return _FileReader(handle)
+
+    def names(self) -> list[str]:
+        try:
+            with os.scandir(self.path) as entries:
+                return sorted(
+                    e.name
+                    for e in entries
+                    if not e.name.startswith(".") and e.is_file(follow_symlinks=False)
+                )
+        except FileNotFoundError:
+            raise StorageNotFound(f"storage not found: {self.path}") from None
+        except OSError as err:
+            raise _fail(self.path, err) from None
+
+    def delete(self, name: str) -> None:
+        path = self.path / check_name(name)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise _fail(path, err) from None
+
+
+class _FileWriter(ObjectWriter):
+    """Writes a private temporary file next to the target; commit = fsync + rename."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        super().__init__()
+        self._folder = folder
+        self._target = folder / name
+        self._temp = folder / f".{name}.{secrets.token_hex(6)}{_PART_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self._temp, flags, 0o600)
+        except OSError as err:
+            raise _fail(self._temp, err) from None
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+
+    def _write(self, view: memoryview) -> None:
+        try:
+            self._file.write(view)
+        except OSError as err:
+            raise _fail(self._target, err) from None
+
+    def _commit(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._temp, self._target)
+        except OSError as err:
+            self._abort()
+            raise _fail(self._target, err) from None
+        _fsync_dir(self._folder)
+
+    def _abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self._temp.unlink(missing_ok=True)
+
+
+class _FileReader(ObjectReader):
+    def __init__(self, handle: BinaryIO) -> None:
+        super().__init__(os.fstat(handle.fileno()).st_size)
+        self._handle = handle
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        return self._handle.readinto(buffer)  # type: ignore[attr-defined,no-any-return]
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; best effort where directories can't be synced."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

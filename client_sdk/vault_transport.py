@@ -1,0 +1,201 @@
+"""Getting sealed envelopes to the vault: gRPC to ChatD, and the account token it demands.
+
+ChatD only ever sees a :class:`SealedRequest` (routing data in the clear,
+payload sealed to the fleet) and relays a sealed reply; nothing here needs to
+be secret from it except the bearer token. The transport tries the configured
+ChatD addresses in order and rotates on UNAVAILABLE / DEADLINE_EXCEEDED, all
+within one overall deadline; every other gRPC status is final and mapped to a
+:mod:`client_sdk.errors` class.
+
+A request retried after DEADLINE_EXCEEDED may have reached the vault already:
+a LOGIN_START may then count one guess twice. That errs on the side the guess
+limit protects, and a later successful login resets the count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from bkv_api.v1 import services_pb2_grpc
+from bkv_protocol.tokens import mint_token
+from client_sdk.config import ClientConfig
+from client_sdk.errors import (
+    AccountRejected,
+    ConfigError,
+    RateLimited,
+    VaultError,
+    VaultProtocolError,
+    VaultUnavailable,
+)
+
+TOKEN_METADATA_KEY = "bkv-account-token"  # noqa: S105 (a header name, not a secret)
+TOKEN_TTL_SECONDS = 300
+MAX_MESSAGE_BYTES = 1 << 20
+MIN_TRY_SECONDS = 1.0
+ROUNDS = 3  # passes over the ChatD list before giving up (the deadline usually ends it first)
+_BACKOFF_SECONDS = 0.2
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class VaultTransport(Protocol):
+    """Delivers one sealed request and returns the sealed reply bytes (or raises VaultError)."""
+
+    def forward(self, request: Any, token: str) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class TokenSource:
+    """Account tokens for ChatD: minted locally (dev clusters) or the configured one.
+
+    The signing key is read lazily, once, and kept out of the repr.
+    """
+
+    def __init__(self, config: ClientConfig, *, ttl_seconds: int = TOKEN_TTL_SECONDS) -> None:
+        if config.token_signing_key_file is None and config.token is None:
+            raise ConfigError(
+                "client config has neither token_signing_key_file nor token: "
+                "no way to authenticate the account to ChatD"
+            )
+        self._key_file = config.token_signing_key_file
+        self._static = config.token
+        self._ttl = ttl_seconds
+        self._signing_key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        source = "signing key file" if self._key_file is not None else "configured token"
+        return f"TokenSource({source})"
+
+    def token_for(self, account: str) -> str:
+        """A token for ``account``: a fresh short-lived one, or the configured static token."""
+        if self._key_file is None:
+            assert self._static is not None
+            return self._static
+        with self._lock:
+            if self._signing_key is None:
+                self._signing_key = read_signing_key(self._key_file)
+            key = self._signing_key
+        token: str = mint_token(key, account, ttl_seconds=self._ttl)
+        return token
+
+
+def read_signing_key(path: Path) -> bytes:
+    """Read a 32-byte Ed25519 seed stored raw or as 64 hex digits."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"token signing key {path}: can't read it ({err.strerror})") from None
+    if len(raw) == 32:
+        return raw
+    text = raw.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    raise ConfigError(f"token signing key {path}: expected 32 raw bytes or 64 hex digits")
+
+
+class ChatDTransport:
+    """gRPC client for ``ChatD.Forward`` over the configured front ends, with rotation."""
+
+    def __init__(self, addresses: list[str], deadline_seconds: float) -> None:
+        if not addresses:
+            raise ConfigError("no ChatD address configured")
+        self._addresses = list(addresses)
+        self._deadline = deadline_seconds
+        self._channels: dict[str, grpc.Channel] = {}
+        self._preferred = 0
+        self._lock = threading.Lock()
+
+    def forward(self, request: Any, token: str) -> bytes:
+        """Send ``request`` to the first ChatD that answers; return ``SealedResponse.sealed``."""
+        n = len(self._addresses)
+        end = time.monotonic() + self._deadline
+        per_try_cap = max(self._deadline / n, MIN_TRY_SECONDS)
+        first = self._preferred
+        last_failure = ""
+        for attempt in range(ROUNDS * n):
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            if attempt and attempt % n == 0:  # a whole round failed: let front ends recover
+                time.sleep(min(_BACKOFF_SECONDS * (attempt // n), remaining / 2))
+                remaining = end - time.monotonic()
+            index = (first + attempt) % n
+            stub = services_pb2_grpc.ChatDStub(self._channel(self._addresses[index]))
+            try:
+                reply = stub.Forward(
+                    request,
+                    metadata=[(TOKEN_METADATA_KEY, token)],
+                    timeout=max(min(remaining, per_try_cap), 0.001),
+                )
+            except grpc.RpcError as err:
+                code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+                details = err.details() if isinstance(err, grpc.Call) else None
+                if code in _RETRYABLE:
+                    last_failure = _clean(details) or code.name
+                    continue
+                raise map_status(code, details) from None
+            self._preferred = index
+            sealed = reply.sealed
+            assert isinstance(sealed, bytes)
+            return sealed
+        suffix = f" (last error: {last_failure})" if last_failure else ""
+        raise VaultUnavailable(f"vault unreachable via {', '.join(self._addresses)}{suffix}")
+
+    def close(self) -> None:
+        """Close every channel opened so far."""
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                self._channels[address] = channel
+            return channel
+
+
+def map_status(code: grpc.StatusCode, details: str | None) -> VaultError:
+    """The error for a final (non-retryable) gRPC status from ChatD."""
+    why = _clean(details)
+    suffix = f" ({why})" if why else ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AccountRejected(f"ChatD rejected the account token{suffix}")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return AccountRejected(f"ChatD refused the token for this account{suffix}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return RateLimited(f"too many requests for this account, try again shortly{suffix}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return VaultProtocolError(
+            f"the vault refused the request{suffix}: "
+            "check fleet_public_key and shard_count in the client config"
+        )
+    if code in _RETRYABLE:
+        return VaultUnavailable(f"vault unavailable{suffix}")
+    return VaultError(f"ChatD call failed with {code.name}{suffix}")
+
+
+def _clean(details: str | None, limit: int = 200) -> str:
+    """Server-provided text, made safe for a one-line message."""
+    if not details:
+        return ""
+    text = "".join(ch if ch.isprintable() else " " for ch in details).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,147 @@
+"""Node config validation and the in-memory login session table (fake clock)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vault_node.config import (
+    TRANSPORT_SECRET_ENV,
+    ConfigError,
+    NodeConfig,
+    load_transport_secret,
+)
+from vault_node.sessions import LoginSession, SessionTable
+
+
+def _raw(**over: Any) -> dict[str, Any]:
+    peers = [
+        {
+            "node_id": f"n{i}",
+            "datacenter": f"dc{i}",
+            "raft_address": f"127.0.0.1:{7200 + i}",
+            "grpc_address": f"127.0.0.1:{7100 + i}",
+        }
+        for i in (1, 2, 3)
+    ]
+    raw: dict[str, Any] = {
+        "node_id": "n1",
+        "datacenter": "dc1",
+        "shard": 0,
+        "grpc_address": "127.0.0.1:7101",
+        "raft_address": "127.0.0.1:7201",
+        "data_dir": "/tmp/x",
+        "fleet_file": "/tmp/fleet",
+        "master_key_file": "/tmp/master.key",
+        "transport_secret_file": "/tmp/transport.secret",
+        "peers": peers,
+    }
+    raw.update(over)
+    return raw
+
+
+def test_valid_config_and_leader_mapping() -> None:
+    cfg = NodeConfig.from_mapping(_raw())
+    assert cfg.attempt_limit == 10 and not cfg.allow_identity_ksf
+    assert [p.node_id for p in cfg.other_peers] == ["n2", "n3"]
+    peer = cfg.peer_by_raft_address("127.0.0.1:7203")
+    assert peer is not None and peer.grpc_address == "127.0.0.1:7103"
+    assert cfg.peer_by_raft_address(None) is None
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"node_id": "n9"}, "must include this node"),
+        ({"grpc_address": "nowhere"}, "host:port"),
+        ({"attempt_limit": 0}, "attempt_limit"),
+        ({"shard": "0"}, "shard"),
+        ({"peers": []}, "peers"),
+        ({"grpc_address": "127.0.0.1:7999"}, "disagrees"),
+    ],
+)
+def test_bad_configs_give_one_line_errors(over: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        NodeConfig.from_mapping(_raw(**over))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_key_and_unreadable_file(tmp_path: Path) -> None:
+    raw = _raw()
+    del raw["fleet_file"]
+    with pytest.raises(ConfigError, match="fleet_file"):
+        NodeConfig.from_mapping(raw)
+    with pytest.raises(ConfigError, match="cannot read"):
+        NodeConfig.load(tmp_path / "absent.toml")
+    (tmp_path / "bad.toml").write_text("node_id = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        NodeConfig.load(tmp_path / "bad.toml")
+
+
+def test_transport_secret_sources(tmp_path: Path) -> None:
+    secret = tmp_path / "t.secret"
+    cfg = NodeConfig.from_mapping(_raw(transport_secret_file=str(secret)))
+    with pytest.raises(ConfigError, match="no Raft transport secret"):
+        load_transport_secret(cfg, env={})
+    secret.write_text("short")
+    with pytest.raises(ConfigError, match="shorter"):
+        load_transport_secret(cfg, env={})
+    secret.write_text("a" * 32 + "\n")
+    assert load_transport_secret(cfg, env={}) == b"a" * 32
+    assert load_transport_secret(cfg, env={TRANSPORT_SECRET_ENV: "b" * 20}) == b"b" * 20
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _session(table: SessionTable, account_id: bytes, *, last: bool = False) -> LoginSession:
+    return LoginSession(
+        session_id=table.new_session_id(),
+        account="alice",
+        shard=0,
+        account_id=account_id,
+        record_id=b"r" * 16,
+        server_state=object(),
+        key_deposit=b"d",
+        attempts_left=0 if last else 5,
+        last_attempt=last,
+        expires_at=table.deadline(),
+    )
+
+
+def test_sessions_single_use_bound_and_expiring() -> None:
+    clock = FakeClock()
+    table = SessionTable(max_sessions=2, ttl_seconds=30, clock=clock)
+    a = _session(table, b"A" * 32)
+    table.add(a)
+    assert table.take(a.session_id, b"B" * 32, 0) is None  # other account: untouched
+    assert table.take(a.session_id, b"A" * 32, 1) is None  # other shard: untouched
+    assert table.take(a.session_id, b"A" * 32, 0) is a
+    assert table.take(a.session_id, b"A" * 32, 0) is None  # single use
+    b, c = _session(table, b"A" * 32), _session(table, b"A" * 32, last=True)
+    table.add(b)
+    table.add(c)
+    assert not table.has_room()
+    clock.now += 29
+    assert table.sweep() == []
+    clock.now += 1
+    assert {s.session_id for s in table.sweep()} == {b.session_id, c.session_id}
+    assert len(table) == 0 and table.has_room()
+
+
+def test_taken_session_past_deadline_is_expired() -> None:
+    clock = FakeClock()
+    table = SessionTable(max_sessions=5, ttl_seconds=30, clock=clock)
+    s = _session(table, b"A" * 32)
+    table.add(s)
+    clock.now += 31
+    taken = table.take(s.session_id, b"A" * 32, 0)
+    assert taken is s and table.expired(taken)
+    assert "alice" not in repr(s)

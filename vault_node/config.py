@@ -1,0 +1,205 @@
+"""Vault node configuration (TOML written by the launcher), validated up front.
+
+Every problem becomes a one-line :class:`ConfigError` naming the file and key, so
+an operator never meets a traceback for a typo.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TRANSPORT_SECRET_ENV = "BKV_TRANSPORT_SECRET"  # noqa: S105 (a variable name)
+MIN_TRANSPORT_SECRET_BYTES = 16
+
+
+class ConfigError(ValueError):
+    """The node configuration is missing, unreadable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """One voting member of the shard's Raft group."""
+
+    node_id: str
+    datacenter: str
+    raft_address: str
+    grpc_address: str
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one vault node needs; secrets are referenced by path, never inlined."""
+
+    node_id: str
+    datacenter: str
+    shard: int
+    grpc_address: str
+    raft_address: str
+    data_dir: Path
+    fleet_file: Path
+    master_key_file: Path | None
+    transport_secret_file: Path | None
+    peers: tuple[PeerConfig, ...]
+    attempt_limit: int = 10
+    session_ttl_seconds: float = 30.0
+    max_sessions: int = 10_000
+    commit_timeout_seconds: float = 5.0
+    allow_identity_ksf: bool = False  # test clusters only: accept the Identity KSF
+
+    @property
+    def self_peer(self) -> PeerConfig:
+        return next(p for p in self.peers if p.node_id == self.node_id)
+
+    @property
+    def other_peers(self) -> tuple[PeerConfig, ...]:
+        return tuple(p for p in self.peers if p.node_id != self.node_id)
+
+    def peer_by_raft_address(self, raft_address: str | None) -> PeerConfig | None:
+        """Map a Raft address (what pysyncobj knows) to the peer (gRPC address, id)."""
+        if raft_address is None:
+            return None
+        return next((p for p in self.peers if p.raft_address == raft_address), None)
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        try:
+            raw = tomllib.loads(path.read_text("utf-8"))
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config {path} is not valid TOML: {err}") from None
+        return cls.from_mapping(raw, where=str(path))
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, where: str = "config") -> NodeConfig:
+        r = _Reader(raw, where)
+        peers_raw = raw.get("peers")
+        if not isinstance(peers_raw, list) or not peers_raw:
+            raise ConfigError(f"{where}: [[peers]] must list every member of the shard")
+        peers = []
+        for i, item in enumerate(peers_raw):
+            if not isinstance(item, Mapping):
+                raise ConfigError(f"{where}: peers[{i}] must be a table")
+            p = _Reader(item, f"{where}: peers[{i}]")
+            peers.append(
+                PeerConfig(
+                    node_id=p.string("node_id"),
+                    datacenter=p.string("datacenter"),
+                    raft_address=p.address("raft_address"),
+                    grpc_address=p.address("grpc_address"),
+                )
+            )
+        cfg = cls(
+            node_id=r.string("node_id"),
+            datacenter=r.string("datacenter"),
+            shard=r.integer("shard", 0, 2**32 - 1),
+            grpc_address=r.address("grpc_address"),
+            raft_address=r.address("raft_address"),
+            data_dir=r.path("data_dir"),
+            fleet_file=r.path("fleet_file"),
+            master_key_file=r.optional_path("master_key_file"),
+            transport_secret_file=r.optional_path("transport_secret_file"),
+            peers=tuple(peers),
+            attempt_limit=r.integer("attempt_limit", 1, 100, default=10),
+            session_ttl_seconds=r.number("session_ttl_seconds", 1.0, 600.0, default=30.0),
+            max_sessions=r.integer("max_sessions", 1, 1_000_000, default=10_000),
+            commit_timeout_seconds=r.number("commit_timeout_seconds", 0.5, 60.0, default=5.0),
+            allow_identity_ksf=r.boolean("allow_identity_ksf", default=False),
+        )
+        cfg._check_peers(where)
+        return cfg
+
+    def _check_peers(self, where: str) -> None:
+        ids = [p.node_id for p in self.peers]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{where}: duplicate node_id in [[peers]]")
+        if len({p.raft_address for p in self.peers}) != len(ids):
+            raise ConfigError(f"{where}: duplicate raft_address in [[peers]]")
+        me = [p for p in self.peers if p.node_id == self.node_id]
+        if not me:
+            raise ConfigError(f"{where}: [[peers]] must include this node ({self.node_id})")
+        if me[0].raft_address != self.raft_address or me[0].grpc_address != self.grpc_address:
+            raise ConfigError(f"{where}: this node's [[peers]] entry disagrees with its addresses")
+
+
+def load_transport_secret(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> bytes:
+    """``$BKV_TRANSPORT_SECRET`` if set, else the secret file; ConfigError if neither."""
+    environ = os.environ if env is None else env
+    value = environ.get(TRANSPORT_SECRET_ENV, "").strip()
+    if not value and cfg.transport_secret_file is not None:
+        try:
+            value = cfg.transport_secret_file.read_text("utf-8").strip()
+        except FileNotFoundError:
+            value = ""
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(
+                f"cannot read transport secret file {cfg.transport_secret_file}"
+            ) from None
+    if not value:
+        raise ConfigError(
+            "no Raft transport secret: set transport_secret_file or "
+            f"{TRANSPORT_SECRET_ENV}; the node refuses to run unauthenticated Raft"
+        )
+    secret = value.encode("utf-8")
+    if len(secret) < MIN_TRANSPORT_SECRET_BYTES:
+        raise ConfigError(
+            f"Raft transport secret is shorter than {MIN_TRANSPORT_SECRET_BYTES} characters"
+        )
+    return secret
+
+
+class _Reader:
+    """Typed access to one TOML table with errors that name the key."""
+
+    def __init__(self, raw: Mapping[str, Any], where: str) -> None:
+        self._raw = raw
+        self._where = where
+
+    def _get(self, key: str) -> Any:
+        if key not in self._raw:
+            raise ConfigError(f"{self._where}: missing key {key!r}")
+        return self._raw[key]
+
+    def string(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{self._where}: {key!r} must be a non-empty string")
+        return value
+
+    def address(self, key: str) -> str:
+        value = self.string(key)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{self._where}: {key!r} must be host:port, got {value!r}")
+        return value
+
+    def path(self, key: str) -> Path:
+        return Path(self.string(key))
+
+    def optional_path(self, key: str) -> Path | None:
+        return self.path(key) if self._raw.get(key) not in (None, "") else None
+
+    def integer(self, key: str, low: int, high: int, *, default: int | None = None) -> int:
+        value: object = self._raw.get(key, default) if default is not None else self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{self._where}: {key!r} must be an integer in {low}..{high}")
+        return value
+
+    def number(self, key: str, low: float, high: float, *, default: float) -> float:
+        value = self._raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self._where}: {key!r} must be a number")
+        if not low <= value <= high:
+            raise ConfigError(f"{self._where}: {key!r} must be in {low}..{high}")
+        return float(value)
+
+    def boolean(self, key: str, *, default: bool) -> bool:
+        value = self._raw.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._where}: {key!r} must be true or false")
+        return value

@@ -1,0 +1,239 @@
+"""pysyncobj integration internals: durable journal hook, fast replication, safe truncation.
+
+Only ``vault_node.replication`` uses this module. What it changes in pysyncobj's
+behaviour, and why:
+
+* **Durability before counting (invariant 6).** Every message this node sends
+  is preceded by one ``fdatasync`` of the journal if anything was appended since
+  the last one, and every tick starts with the same. So a follower's
+  AppendEntries acknowledgement and a leader's self-count in the commit
+  computation only ever cover entries already on disk; a whole batch costs one
+  fsync (group commit).
+* **Latency.** pysyncobj replicates on its heartbeat. Here the tick thread is
+  woken as soon as a command is queued, and the leader sends AppendEntries in
+  the same tick in which it appended the batch.
+* **No truncation of matching entries.** pysyncobj truncates a follower's log
+  after ``prevLogIdx`` whenever the follower holds more entries, even when they
+  match the leader's (a delayed or duplicated AppendEntries). Raft only
+  truncates on conflict; committed entries never conflict, so this filter
+  skips the already-held prefix and answers stale messages itself. pysyncobj's
+  "truncating already-applied log entries" message is counted by
+  ``TruncationMonitor`` so tests can assert it never fires.
+* **Authenticated transport (invariant 5).** With ``password`` set, pysyncobj
+  gives every connection a Fernet encryptor before the first byte is read, and
+  ``TcpConnection.__processParseMessage`` calls ``Fernet.decrypt`` (HMAC-SHA256
+  check) before ``pickle.loads``; a frame failing the check drops the
+  connection without being unpickled.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pysyncobj.syncobj as _syncobj_module
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.pipe_notifier import PipeNotifier
+from pysyncobj.transport import TCPTransport
+
+from vault_node.journal import DurableJournal, make_durable, read_snapshot, write_snapshot
+from vault_node.state import ApplyResult, Outcome, VaultState, decode_command
+
+log = logging.getLogger("vault_node.raft")
+
+_TRUNCATION_TEXT = "truncating already-applied log entries"
+
+
+class TruncationMonitor(logging.Handler):
+    """Counts pysyncobj's truncation-of-applied-entries message and re-reports it as an error."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _TRUNCATION_TEXT in str(record.msg):
+            self.count += 1
+            log.error("raft safety: pysyncobj truncated already-applied log entries")
+
+
+TRUNCATION_MONITOR = TruncationMonitor()
+logging.getLogger("pysyncobj.syncobj").addHandler(TRUNCATION_MONITOR)
+
+# pysyncobj builds its journal with ``createJournal(conf.journalFile)``. Passing our
+# journal object as ``journalFile`` and recognising it here plugs in the durable
+# journal; any other value keeps pysyncobj's behaviour.
+_original_create_journal = _syncobj_module.createJournal
+
+
+def _create_journal(journal_file: Any) -> Any:
+    if isinstance(journal_file, DurableJournal):
+        return journal_file
+    return _original_create_journal(journal_file)
+
+
+_syncobj_module.createJournal = _create_journal
+
+
+def filter_append_entries(
+    journal: DurableJournal, message: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Rewrite an AppendEntries so pysyncobj never truncates entries that match the leader's.
+
+    Returns the message to hand to pysyncobj and, for a stale message whose entries
+    this node already holds, the acknowledgement to send on its behalf.
+    """
+    prev_idx, prev_term = message.get("prevLogIdx"), message.get("prevLogTerm")
+    entries = message.get("entries") or []
+    if prev_idx is None or len(journal) == 0:
+        return message, None
+    first, last = journal[0][1], journal[-1][1]
+    if not first <= prev_idx <= last or journal[prev_idx - first][2] != prev_term:
+        return message, None  # pysyncobj rejects it without truncating
+    held = 0
+    for _command, idx, term in entries:
+        if idx != prev_idx + held + 1 or idx > last or journal[idx - first][2] != term:
+            break
+        held += 1
+    matched = prev_idx + held
+    if held == len(entries) and matched < last:
+        stale = {k: v for k, v in message.items() if k not in ("prevLogIdx", "prevLogTerm")}
+        stale.pop("entries", None)
+        stale["commit_index"] = min(int(message.get("commit_index", 0)), matched)
+        ack = {
+            "type": "next_node_idx",
+            "next_node_idx": matched + 1,
+            "reset": False,
+            "success": True,
+        }
+        return stale, ack
+    if held == 0:
+        return message, None
+    rewritten = dict(message)
+    rewritten["prevLogIdx"] = matched
+    rewritten["prevLogTerm"] = journal[matched - first][2]
+    rewritten["entries"] = entries[held:]
+    return rewritten, None
+
+
+class DurableTransport(TCPTransport):  # type: ignore[misc]
+    """TCP transport that syncs the journal before anything leaves and filters AppendEntries."""
+
+    def _journal(self) -> DurableJournal:
+        journal: DurableJournal = self._syncObj.bkv_journal
+        return journal
+
+    def send(self, node: Any, message: Any) -> bool:
+        self._journal().sync()
+        return bool(super().send(node, message))
+
+    def setOnMessageReceivedCallback(self, callback: Callable[..., Any]) -> None:
+        super().setOnMessageReceivedCallback(functools.partial(self._filtered, callback))
+
+    def _filtered(self, callback: Callable[..., Any], node: Any, message: Any) -> None:
+        ack = None
+        if (
+            isinstance(message, dict)
+            and message.get("type") == "append_entries"
+            and "prevLogIdx" in message
+            and "transmission" not in message
+            and isinstance(message.get("term"), int)
+            and message["term"] >= self._syncObj.raftCurrentTerm
+        ):
+            message, ack = filter_append_entries(self._journal(), message)
+        callback(node, message)
+        if ack is not None:
+            self.send(node, ack)
+
+
+class VaultSyncObj(SyncObj):  # type: ignore[misc]
+    """The pysyncobj object replicating ``VaultState``. All mutation happens on its tick thread."""
+
+    def __init__(
+        self,
+        self_address: str,
+        peers: list[str],
+        conf_kwargs: dict[str, Any],
+        journal: DurableJournal,
+        snapshot_path: Path,
+    ) -> None:
+        self.bkv_journal = journal
+        self.bkv_state = VaultState()
+        self.bkv_state_lock = threading.Lock()
+        self.bkv_snapshot_path = snapshot_path
+        self.bkv_snapshot_error: str | None = None
+        self.bkv_snapshots_written = 0
+        self._bkv_durable = journal.fsync_enabled
+        conf = SyncObjConf(
+            journalFile=journal,
+            fullDumpFile=str(snapshot_path),
+            serializer=self._bkv_serialize,
+            deserializer=self._bkv_deserialize,
+            useFork=False,
+            autoTick=False,
+            appendEntriesUseBatch=True,
+            commandsWaitLeader=False,
+            dynamicMembershipChange=False,
+            **conf_kwargs,
+        )
+        super().__init__(self_address, peers, conf, transportClass=DurableTransport)
+        self.bkv_wake = PipeNotifier(self._poller)
+
+    @replicated  # type: ignore[untyped-decorator]
+    def _bkv_apply(self, encoded: bytes) -> ApplyResult:
+        """Apply one committed entry; a malformed one is a logged no-op, never a crash."""
+        try:
+            command = decode_command(encoded)
+        except ValueError:
+            log.error("ignoring a malformed committed command")
+            return ApplyResult(Outcome.INVALID)
+        with self.bkv_state_lock:
+            return self.bkv_state.apply(command)
+
+    def submit_encoded(self, encoded: bytes, callback: Callable[[Any, int], None]) -> None:
+        self._bkv_apply(encoded, callback=callback)
+        self.bkv_wake.notify()
+
+    # ---- tick hooks -------------------------------------------------------------------
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        # Entries appended in the previous tick become durable before this tick's
+        # commit computation counts this node's own log.
+        self.bkv_journal.sync()
+        super()._onTick(timeToWait)
+
+    def _checkCommandsToApply(self) -> None:
+        before = len(self.bkv_journal)
+        super()._checkCommandsToApply()
+        if self._isLeader() and len(self.bkv_journal) != before:
+            # Replicate the batch now instead of on the next heartbeat; the
+            # transport fsyncs it first.
+            self._SyncObj__sendAppendEntries()
+
+    # ---- snapshots --------------------------------------------------------------------
+
+    def _bkv_serialize(self, filename: str, data: Any) -> None:
+        last, previous, _cluster = data
+        with self.bkv_state_lock:
+            plain = self.bkv_state.to_plain()
+        write_snapshot(Path(filename), plain, last, previous, durable=self._bkv_durable)
+        self.bkv_snapshots_written += 1
+
+    def _bkv_deserialize(self, filename: str) -> tuple[Any, Any, Any]:
+        path = Path(filename)
+        try:
+            # a snapshot installed from the leader is durable before it is acknowledged
+            make_durable(path, fsync=self._bkv_durable)
+            plain, last, previous = read_snapshot(path)
+            state = VaultState.from_plain(plain)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self.bkv_snapshot_error = f"snapshot {path} unusable: {type(err).__name__}"
+            log.error("%s", self.bkv_snapshot_error)
+            raise
+        with self.bkv_state_lock:
+            self.bkv_state = state
+        return last, previous, []

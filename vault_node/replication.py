@@ -1,0 +1,275 @@
+"""Raft replication of the vault state (pysyncobj), with the guarantees the vault relies on.
+
+``ReplicatedVault.submit`` returns only after the command is committed -- durably
+on a majority -- in this leader's current term and applied here. Anything else
+(a follower, a deposed or partitioned leader, a timeout) raises, so callers never
+see a success that did not happen. See ``vault_node.raft_core`` for how
+pysyncobj is adapted (durable journal, fast replication, safe truncation,
+authenticated transport).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON
+
+from vault_node.journal import DurableJournal, read_snapshot
+from vault_node.raft_core import TRUNCATION_MONITOR, VaultSyncObj
+from vault_node.state import AccountEntry, ApplyResult, Command, VaultState, encode_command
+
+log = logging.getLogger("vault_node.raft")
+
+MIN_TRANSPORT_SECRET_BYTES = 16
+JOURNAL_FILE = "raft.journal"
+SNAPSHOT_FILE = "raft.snapshot"
+
+
+class NotLeaderError(Exception):
+    """This node can't commit: it is not (or no longer) the leader of the current term."""
+
+    def __init__(self, leader_address: str | None) -> None:
+        super().__init__("not leader")
+        self.leader_address = leader_address
+
+
+class CommitTimeoutError(Exception):
+    """The command was not confirmed committed in time; its outcome is unknown."""
+
+
+class RaftStartupError(Exception):
+    """The replica can't start safely (missing secret, unreadable snapshot, ...)."""
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    """One node's Raft settings. Defaults suit a loopback or LAN cluster."""
+
+    node_id: str
+    self_address: str
+    peer_addresses: list[str]  # the other members' Raft addresses (self is ignored if listed)
+    data_dir: Path
+    transport_secret: bytes = field(repr=False)
+    commit_timeout: float = 5.0
+    fsync: bool = True  # off only for benchmarks that measure its cost
+    heartbeat_interval: float = 0.05
+    election_timeout_min: float = 0.3
+    election_timeout_max: float = 0.9
+    leader_fallback_timeout: float = 1.5  # a leader cut off from a majority steps down
+    connection_timeout: float = 2.0
+    connection_retry: float = 0.3
+    tick_interval: float = 0.05  # idle wake-up period of the Raft thread
+    snapshot_min_entries: int = 5000
+    snapshot_min_interval: float = 300.0
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    """A consistent-enough view of this replica for status pages and tests."""
+
+    node_id: str
+    role: str
+    term: int
+    commit_index: int
+    last_applied: int
+    leader_address: str | None
+    digest: bytes
+    accounts: int
+    log_entries: int
+    snapshots_written: int
+    truncation_warnings: int
+
+
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+def truncation_warnings() -> int:
+    """How often pysyncobj truncated already-applied entries in this process (must stay 0)."""
+    return TRUNCATION_MONITOR.count
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "leader", "result", "term")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: int | None = None
+        self.leader = False
+        self.term = -1
+
+
+class ReplicatedVault:
+    """The vault state replicated over a pysyncobj Raft group; thread-safe ``submit``."""
+
+    def __init__(self, config: RaftConfig) -> None:
+        secret = config.transport_secret
+        if not isinstance(secret, bytes) or len(secret) < MIN_TRANSPORT_SECRET_BYTES:
+            raise RaftStartupError(
+                f"a transport secret of at least {MIN_TRANSPORT_SECRET_BYTES} bytes is required"
+            )
+        self._config = config
+        data_dir = Path(config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        snapshot_path = data_dir / SNAPSHOT_FILE
+        if snapshot_path.exists():
+            try:  # refuse to start rather than silently start from an empty state
+                VaultState.from_plain(read_snapshot(snapshot_path)[0])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise RaftStartupError(f"snapshot {snapshot_path} is unusable") from err
+        try:
+            journal = DurableJournal(data_dir / JOURNAL_FILE, fsync=config.fsync)
+        except (OSError, RuntimeError) as err:
+            raise RaftStartupError(f"cannot open the Raft journal in {data_dir}") from err
+        peers = [p for p in config.peer_addresses if p != config.self_address]
+        conf_kwargs = {
+            "password": secret,
+            "appendEntriesPeriod": config.heartbeat_interval,
+            "raftMinTimeout": config.election_timeout_min,
+            "raftMaxTimeout": config.election_timeout_max,
+            "leaderFallbackTimeout": config.leader_fallback_timeout,
+            "connectionTimeout": config.connection_timeout,
+            "connectionRetryTime": config.connection_retry,
+            "logCompactionMinEntries": config.snapshot_min_entries,
+            "logCompactionMinTime": config.snapshot_min_interval,
+            "maxBindRetries": 5,
+            "bindRetryTime": 0.2,
+            "onStateChanged": self._on_state_changed,
+        }
+        try:
+            self._obj = VaultSyncObj(
+                config.self_address, peers, conf_kwargs, journal, snapshot_path
+            )
+        except Exception as err:  # pysyncobj reports bind failures as a bare SyncObjException
+            journal._destroy()
+            raise RaftStartupError(f"cannot listen on {config.self_address}") from err
+        self._pending: set[_Waiter] = set()
+        self._pending_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._obj.doTick(0.0)  # loads the snapshot and journal before anyone asks
+        self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
+        self._thread.start()
+        log.info(
+            "raft node %s listening on %s with %d peers",
+            config.node_id,
+            config.self_address,
+            len(peers),
+        )
+
+    # ---- the tick thread ----------------------------------------------------------------
+
+    def _tick_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._obj.doTick(self._config.tick_interval)
+            except Exception:  # keep the replica alive; pysyncobj errors carry no payloads
+                log.exception("raft tick failed")
+                time.sleep(self._config.tick_interval)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        log.info("raft role %s -> %s", _ROLES.get(old, old), _ROLES.get(new, new))
+
+    # ---- public API -------------------------------------------------------------------
+
+    def submit(self, command: Command, timeout: float | None = None) -> ApplyResult:
+        """Replicate ``command``; return this node's apply result once committed in its term.
+
+        Raises ValueError (invalid command, before anything is sent), NotLeaderError
+        (not leader, or leadership lost before commit) or CommitTimeoutError.
+        """
+        encoded = encode_command(command)
+        if self._stop.is_set() or not self.is_leader():
+            raise NotLeaderError(self.leader_address())
+        term = self._obj.raftCurrentTerm
+        waiter = _Waiter()
+
+        def on_result(result: Any, error: int) -> None:  # runs on the tick thread
+            waiter.result, waiter.error = result, error
+            waiter.leader, waiter.term = self._obj._isLeader(), self._obj.raftCurrentTerm
+            waiter.done.set()
+
+        with self._pending_lock:
+            self._pending.add(waiter)
+        try:
+            self._obj.submit_encoded(encoded, on_result)
+            wait = self._config.commit_timeout if timeout is None else timeout
+            if not waiter.done.wait(wait):
+                raise CommitTimeoutError("commit not confirmed in time")
+        finally:
+            with self._pending_lock:
+                self._pending.discard(waiter)
+        if (
+            waiter.error == FAIL_REASON.SUCCESS
+            and waiter.leader
+            and waiter.term == term
+            and isinstance(waiter.result, ApplyResult)
+        ):
+            return waiter.result
+        if waiter.error == FAIL_REASON.QUEUE_FULL:
+            raise CommitTimeoutError("replication queue full")
+        raise NotLeaderError(self.leader_address())
+
+    def is_leader(self) -> bool:
+        return bool(self._obj._isLeader())
+
+    def leader_address(self) -> str | None:
+        leader = self._obj._getLeader()
+        address = getattr(leader, "address", None)
+        return address if isinstance(address, str) else None
+
+    def digest(self) -> bytes:
+        with self._obj.bkv_state_lock:
+            return self._obj.bkv_state.digest()
+
+    def status(self) -> RaftStatus:
+        with self._obj.bkv_state_lock:
+            digest, accounts = self._obj.bkv_state.digest(), len(self._obj.bkv_state)
+        obj = self._obj
+        return RaftStatus(
+            node_id=self._config.node_id,
+            role=_ROLES.get(obj._SyncObj__raftState, "unknown"),
+            term=int(obj.raftCurrentTerm),
+            commit_index=int(obj.raftCommitIndex),
+            last_applied=int(obj.raftLastApplied),
+            leader_address=self.leader_address(),
+            digest=digest,
+            accounts=accounts,
+            log_entries=len(obj.bkv_journal),
+            snapshots_written=obj.bkv_snapshots_written,
+            truncation_warnings=truncation_warnings(),
+        )
+
+    def entry_view(self, account_id: bytes) -> AccountEntry | None:
+        """The local (possibly lagging) entry of an account, for tests and diagnostics."""
+        with self._obj.bkv_state_lock:
+            return self._obj.bkv_state.entry(account_id)
+
+    def force_snapshot(self) -> None:
+        """Ask for a snapshot + log compaction at the next tick."""
+        self._obj.forceLogCompaction()
+        self._obj.bkv_wake.notify()
+
+    def close(self) -> None:
+        """Stop the tick thread, fail pending submits, close sockets and the journal."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._obj.bkv_wake.notify()
+        self._thread.join(timeout=5.0)
+        with self._pending_lock:
+            for waiter in self._pending:
+                waiter.error = FAIL_REASON.LEADER_CHANGED
+                waiter.done.set()
+        self._obj.destroy()
+        log.info("raft node %s stopped", self._config.node_id)
+
+    def __enter__(self) -> ReplicatedVault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

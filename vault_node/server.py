@@ -1,0 +1,133 @@
+"""Process wiring for one vault node: keys, Raft, the gRPC server, the session sweeper.
+
+All start-up checks happen before anything listens, so a misconfigured node fails
+with a one-line :class:`StartupError` rather than half-joining the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from bkv_api.v1 import services_pb2_grpc
+from vault_node.config import ConfigError, NodeConfig, load_transport_secret
+from vault_node.hsm import FleetHsm, HsmError, SoftwareMasterKey
+from vault_node.replication import RaftConfig, RaftStartupError, ReplicatedVault
+from vault_node.service import VaultService
+from vault_node.sessions import SessionTable
+
+log = logging.getLogger("bkv.vault.server")
+
+MAX_MESSAGE_BYTES = 64 * 1024
+GRPC_WORKERS = 16
+SWEEP_INTERVAL_SECONDS = 1.0
+
+
+class StartupError(Exception):
+    """The node can't start; the message is a one-line, secret-free explanation."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    hsm: FleetHsm
+    transport_secret: bytes
+
+
+def prepare(cfg: NodeConfig) -> _Prepared:
+    """Every refusal the node makes before it touches the network."""
+    try:
+        secret = load_transport_secret(cfg)
+    except ConfigError as err:
+        raise StartupError(str(err)) from None
+    try:
+        master = SoftwareMasterKey.load(cfg.master_key_file)
+    except HsmError as err:
+        raise StartupError(str(err)) from None
+    try:
+        blob = cfg.fleet_file.read_bytes()
+    except OSError as err:
+        raise StartupError(f"cannot read fleet file {cfg.fleet_file}: {err.strerror}") from None
+    try:
+        hsm = FleetHsm.open_fleet(master, blob)
+    except HsmError:
+        raise StartupError("master key does not open the fleet file") from None
+    return _Prepared(hsm, secret)
+
+
+class VaultNode:
+    """A running node: owns the Raft replica, the gRPC server and the sweeper thread."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        prepared = prepare(cfg)
+        self.config = cfg
+        try:
+            self._replica = ReplicatedVault(
+                RaftConfig(
+                    node_id=cfg.node_id,
+                    self_address=cfg.raft_address,
+                    peer_addresses=[p.raft_address for p in cfg.other_peers],
+                    data_dir=cfg.data_dir,
+                    transport_secret=prepared.transport_secret,
+                    commit_timeout=cfg.commit_timeout_seconds,
+                )
+            )
+        except RaftStartupError as err:
+            raise StartupError(str(err)) from None
+        self._sessions = SessionTable(
+            max_sessions=cfg.max_sessions, ttl_seconds=cfg.session_ttl_seconds
+        )
+        self.service = VaultService(cfg, prepared.hsm, self._replica, self._sessions)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="vault-grpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        services_pb2_grpc.add_VaultServicer_to_server(self.service, self._server)
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="vault-sweeper", daemon=True)
+
+    def start(self) -> None:
+        if self._server.add_insecure_port(self.config.grpc_address) == 0:
+            raise StartupError(f"cannot listen on {self.config.grpc_address}", exit_code=4)
+        self._server.start()
+        self._sweeper.start()
+        log.info(
+            "node %s (%s) serving shard %d on %s",
+            self.config.node_id,
+            self.config.datacenter,
+            self.config.shard,
+            self.config.grpc_address,
+        )
+
+    def stop(self) -> None:
+        """Clean shutdown: stop accepting, finish in-flight calls, close Raft."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._server.stop(grace=2.0).wait(5.0)
+        if self._sweeper.is_alive():
+            self._sweeper.join(timeout=5.0)
+        self._sessions.drain()
+        self._replica.close()
+        log.info("node %s stopped", self.config.node_id)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(SWEEP_INTERVAL_SECONDS):
+            try:
+                if not self._replica.is_leader():
+                    self._sessions.drain()  # a deposed leader's sessions can't finish
+                    continue
+                self.service.sweep_expired()
+            except Exception:  # keep sweeping; never log payloads
+                log.exception("session sweep failed")

@@ -1,0 +1,300 @@
+"""The guess-limited OPAQUE service behind ``Vault.Handle`` and ``Vault.Status``.
+
+Invariant 1 lives here: LOGIN_START commits ``BeginAttempt`` through Raft and
+waits for it *before* computing KE2, so every KE2 that leaves the leader is a
+guess already counted on a majority. A verified KE3 commits ``ResetAttempts``
+before the deposit is released. Only the current leader answers; all other
+nodes refuse with FAILED_PRECONDITION and a hint to the leader.
+
+Envelope problems (garbled, other shard, body not matching the type) are gRPC
+INVALID_ARGUMENT; protocol outcomes travel sealed inside ``VaultReply.error`` so
+ChatD never learns them. Logs name an account only by an account-id prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NoReturn, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from bkv_api.v1 import envelope_pb2 as pb
+from bkv_api.v1 import services_pb2, services_pb2_grpc
+from bkv_protocol import deposit as deposit_mod
+from bkv_protocol import sealing
+from bkv_protocol.errors import ProtocolError
+from bkv_protocol.ksf import ksf_from_descriptor
+from bkv_protocol.opaque_messages import (
+    KE1_BYTES,
+    KE3_BYTES,
+    REGISTRATION_REQUEST_BYTES,
+    RegistrationRecord,
+)
+from vault_node import state as st
+from vault_node.config import NodeConfig
+from vault_node.hsm import FleetHsm, HsmError, StoredRecord, new_record_id
+from vault_node.replication import CommitTimeoutError, NotLeaderError, RaftStatus
+from vault_node.sessions import SESSION_ID_BYTES, LoginSession, SessionTable
+
+log = logging.getLogger("bkv.vault.service")
+
+MAX_ACCOUNT_BYTES = 256
+MAX_KSF_DESCRIPTOR = 256
+LEADER_METADATA_KEY = "bkv-leader"
+
+_BODY_FOR_TYPE = {
+    pb.REGISTER_START: "register_start",
+    pb.REGISTER_FINISH: "register_finish",
+    pb.LOGIN_START: "login_start",
+    pb.LOGIN_FINISH: "login_finish",
+}
+_Code = pb.VaultError.Code
+
+
+class Replica(Protocol):
+    """What the service needs from the replicated state machine."""
+
+    def submit(self, command: st.Command, timeout: float | None = None) -> st.ApplyResult: ...
+    def is_leader(self) -> bool: ...
+    def leader_address(self) -> str | None: ...
+    def status(self) -> RaftStatus: ...
+
+
+class _Reply(Exception):
+    """Internal: a sealed protocol-level error reply (never leaves this module)."""
+
+    def __init__(self, code: pb.VaultError.Code, message: str, attempts_left: int = 0) -> None:
+        super().__init__(message)
+        self.error = pb.VaultError(code=code, message=message, attempts_left=attempts_left)
+
+
+class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
+    """One node's ``Vault`` gRPC service; stateless apart from the session table."""
+
+    def __init__(
+        self, config: NodeConfig, hsm: FleetHsm, replica: Replica, sessions: SessionTable
+    ) -> None:
+        self._cfg = config
+        self._hsm = hsm
+        self._replica = replica
+        self._sessions = sessions
+
+    # ---- gRPC entry points -------------------------------------------------
+
+    def Handle(self, request: pb.SealedRequest, context: grpc.ServicerContext) -> pb.SealedResponse:
+        account, shard, mtype = request.account, request.shard, request.type
+        _check_envelope(account, shard, mtype, self._cfg.shard, context)
+        if not self._replica.is_leader():
+            self._abort_not_leader(context, self._replica.leader_address())
+        try:
+            plain = self._hsm.open_request(account, shard, mtype, request.sealed)
+            client = pb.ClientRequest.FromString(plain)
+        except (ProtocolError, DecodeError):
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "cannot open request")
+        if client.WhichOneof("body") != _BODY_FOR_TYPE[mtype]:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "body does not match type")
+        if len(client.response_key) != sealing.KEY_BYTES:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "response key must be 32 bytes")
+        account_id = self._hsm.account_id(account)
+        try:
+            reply = self._dispatch(client, account, account_id, context)
+        except _Reply as err:
+            reply = pb.VaultReply(error=err.error)
+        except NotLeaderError as err:
+            self._abort_not_leader(context, err.leader_address)
+        except CommitTimeoutError:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "commit timed out; retry")
+        sealed = sealing.seal_reply(
+            client.response_key, account, shard, mtype, reply.SerializeToString()
+        )
+        return pb.SealedResponse(sealed=sealed)
+
+    def Status(
+        self, request: services_pb2.StatusRequest, context: grpc.ServicerContext
+    ) -> services_pb2.NodeStatus:
+        s = self._replica.status()
+        leader = self._cfg.peer_by_raft_address(s.leader_address)
+        return services_pb2.NodeStatus(
+            node_id=self._cfg.node_id,
+            datacenter=self._cfg.datacenter,
+            shard=self._cfg.shard,
+            role=s.role,
+            term=s.term,
+            commit_index=s.commit_index,
+            last_applied=s.last_applied,
+            leader_node_id=leader.node_id if leader else "",
+            leader_address=leader.grpc_address if leader else "",
+            state_digest=s.digest,
+            healthy=leader is not None,
+            accounts=s.accounts,
+        )
+
+    # ---- the four protocol steps --------------------------------------------
+
+    def _dispatch(
+        self, req: pb.ClientRequest, account: str, account_id: bytes, context: Any
+    ) -> pb.VaultReply:
+        body = req.WhichOneof("body")
+        if body == "register_start":
+            return self._register_start(req.register_start, account)
+        if body == "register_finish":
+            return self._register_finish(req.register_finish, account_id)
+        if body == "login_start":
+            return self._login_start(req.login_start, account, account_id, context)
+        return self._login_finish(req.login_finish, account, account_id)
+
+    def _register_start(self, body: pb.RegisterStart, account: str) -> pb.VaultReply:
+        if len(body.registration_request) != REGISTRATION_REQUEST_BYTES:
+            raise _Reply(_Code.BAD_REQUEST, "malformed registration request")
+        try:
+            response = self._hsm.registration_response(
+                body.registration_request, account.encode("utf-8")
+            )
+        except ProtocolError:
+            raise _Reply(_Code.BAD_REQUEST, "malformed registration request") from None
+        return pb.VaultReply(register_start=pb.RegisterStartReply(registration_response=response))
+
+    def _register_finish(self, body: pb.RegisterFinish, account_id: bytes) -> pb.VaultReply:
+        try:  # exact length and a valid client public key, so every later login can run
+            RegistrationRecord.parse(body.registration_record)
+        except ProtocolError:
+            raise _Reply(_Code.BAD_REQUEST, "malformed registration record") from None
+        try:
+            deposit_mod.check_deposit_format(body.key_deposit)
+        except ProtocolError:
+            raise _Reply(_Code.BAD_REQUEST, "malformed key deposit") from None
+        if len(body.ksf) > MAX_KSF_DESCRIPTOR:
+            raise _Reply(_Code.BAD_REQUEST, "key-stretching descriptor too long")
+        try:
+            ksf_from_descriptor(body.ksf, allow_identity=self._cfg.allow_identity_ksf)
+        except ValueError:
+            raise _Reply(_Code.BAD_REQUEST, "key-stretching parameters not accepted") from None
+        record_id = new_record_id()
+        stored = StoredRecord(body.registration_record, body.key_deposit, body.ksf)
+        sealed = self._hsm.seal_registration(account_id, record_id, stored)
+        limit = self._cfg.attempt_limit
+        self._submit(st.Put(account_id, record_id, sealed, limit))
+        log.info("registered account %s", account_id.hex()[:12])
+        return pb.VaultReply(register_finish=pb.RegisterFinishReply(attempt_limit=limit))
+
+    def _login_start(
+        self, body: pb.LoginStart, account: str, account_id: bytes, context: Any
+    ) -> pb.VaultReply:
+        if len(body.ke1) != KE1_BYTES:
+            raise _Reply(_Code.BAD_REQUEST, "malformed KE1")
+        if not self._sessions.has_room():
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many login sessions")
+        # Invariant 1: the guess is durably counted before anything about it is computed.
+        result = self._submit(st.BeginAttempt(account_id))
+        if result.outcome == st.Outcome.NOT_REGISTERED:
+            raise _Reply(_Code.NOT_REGISTERED, "account not registered")
+        if result.outcome == st.Outcome.DESTROYED:
+            log.info("login on destroyed account %s", account_id.hex()[:12])
+            raise _Reply(_Code.KEY_DESTROYED, "key destroyed after too many wrong passwords")
+        if result.outcome != st.Outcome.GRANTED or not result.sealed_record:
+            raise _Reply(_Code.BAD_REQUEST, "unexpected state")
+        record_id = result.record_id
+        attempts_left = max(result.limit - result.attempts, 0)
+        last = result.attempts >= result.limit
+        try:
+            challenge = self._hsm.start_login(
+                account, account_id, record_id, result.sealed_record, body.ke1
+            )
+        except (ProtocolError, HsmError) as err:
+            if last:
+                self._destroy_if_exhausted(account_id, record_id)
+            what = "malformed KE1" if isinstance(err, ProtocolError) else "record unreadable"
+            raise _Reply(_Code.BAD_REQUEST, what, attempts_left) from None
+        session = LoginSession(
+            session_id=self._sessions.new_session_id(),
+            account=account,
+            shard=self._cfg.shard,
+            account_id=account_id,
+            record_id=record_id,
+            server_state=challenge.server_state,
+            key_deposit=challenge.key_deposit,
+            attempts_left=attempts_left,
+            last_attempt=last,
+            expires_at=self._sessions.deadline(),
+        )
+        self._sessions.add(session)
+        log.info("login started for %s (%d left)", account_id.hex()[:12], attempts_left)
+        return pb.VaultReply(
+            login_start=pb.LoginStartReply(
+                session_id=session.session_id,
+                ke2=challenge.ke2,
+                attempts_left=attempts_left,
+                ksf=challenge.ksf,
+            )
+        )
+
+    def _login_finish(self, body: pb.LoginFinish, account: str, account_id: bytes) -> pb.VaultReply:
+        if len(body.session_id) != SESSION_ID_BYTES or len(body.ke3) != KE3_BYTES:
+            raise _Reply(_Code.BAD_REQUEST, "malformed KE3")
+        session = self._sessions.take(body.session_id, account_id, self._cfg.shard)
+        if session is None:
+            raise _Reply(_Code.SESSION_EXPIRED, "login session unknown or expired")
+        if self._sessions.expired(session):
+            self._expire(session)
+            raise _Reply(_Code.SESSION_EXPIRED, "login session expired", session.attempts_left)
+        try:
+            verified = self._hsm.finish_login(session.server_state, body.ke3)
+        except ProtocolError:
+            if session.last_attempt:
+                self._destroy_if_exhausted(account_id, session.record_id)
+            log.info("login failed for %s", account_id.hex()[:12])
+            raise _Reply(_Code.LOGIN_FAILED, "wrong password", session.attempts_left) from None
+        result = self._submit(st.ResetAttempts(account_id, session.record_id))
+        if result.outcome != st.Outcome.OK:
+            # The record was replaced or erased meanwhile: release nothing.
+            raise _Reply(_Code.SESSION_EXPIRED, "record changed during login")
+        sealed = self._hsm.release_deposit(verified, account, session.key_deposit)
+        log.info("login succeeded for %s", account_id.hex()[:12])
+        return pb.VaultReply(login_finish=pb.LoginFinishReply(sealed_deposit=sealed))
+
+    # ---- housekeeping -------------------------------------------------------
+
+    def sweep_expired(self) -> int:
+        """Drop expired sessions; a lapsed last attempt destroys the record. Returns count."""
+        gone = self._sessions.sweep()
+        for session in gone:
+            self._expire(session)
+        return len(gone)
+
+    def _expire(self, session: LoginSession) -> None:
+        if session.last_attempt:
+            self._destroy_if_exhausted(session.account_id, session.record_id)
+
+    def _destroy_if_exhausted(self, account_id: bytes, record_id: bytes) -> None:
+        # Best effort: if it doesn't commit here, the next BeginAttempt destroys the
+        # record anyway, since its counter already reached the limit.
+        try:
+            self._submit(st.DestroyIfExhausted(account_id, record_id))
+            log.info("destroyed record of %s", account_id.hex()[:12])
+        except (NotLeaderError, CommitTimeoutError):
+            log.warning("could not commit destruction for %s now", account_id.hex()[:12])
+
+    def _submit(self, command: st.Command) -> st.ApplyResult:
+        return self._replica.submit(command, timeout=self._cfg.commit_timeout_seconds)
+
+    def _abort_not_leader(self, context: Any, raft_leader: str | None) -> NoReturn:
+        peer = self._cfg.peer_by_raft_address(raft_leader)
+        if peer is not None and peer.node_id != self._cfg.node_id:
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, peer.grpc_address),))
+        _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "not leader")
+
+
+def _check_envelope(account: str, shard: int, mtype: int, my_shard: int, context: Any) -> None:
+    raw = account.encode("utf-8", "surrogatepass")
+    if not 1 <= len(raw) <= MAX_ACCOUNT_BYTES or not account.isprintable():
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid account")
+    if shard != my_shard:
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "wrong shard")
+    if mtype not in _BODY_FOR_TYPE:
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown message type")
+
+
+def _abort(context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
+    context.abort(code, details)
+    raise AssertionError("unreachable: context.abort raises")

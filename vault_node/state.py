@@ -1,0 +1,337 @@
+"""The vault's replicated state machine: pure, deterministic, no I/O.
+
+Every node applies the same committed commands in the same order and must reach
+the same state, so nothing here reads clocks, randomness or the environment.
+The Raft layer (``vault_node.replication``) only moves encoded commands around;
+all policy -- attempt counting and destruction -- lives here, where it can be
+tested exhaustively without sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+ACCOUNT_ID_BYTES = 32
+RECORD_ID_BYTES = 16
+MIN_LIMIT = 1
+MAX_LIMIT = 100
+MAX_SEALED_RECORD_BYTES = 16 * 1024  # keeps every log entry far below one Raft batch
+
+
+class Outcome(StrEnum):
+    """What applying a command did."""
+
+    GRANTED = "granted"
+    DESTROYED = "destroyed"
+    NOT_REGISTERED = "not_registered"
+    OK = "ok"
+    STALE = "stale"
+    INVALID = "invalid"  # a committed entry that fails validation: applied as a no-op
+
+
+@dataclass(frozen=True)
+class Put:
+    """Store (or replace) an account's record; resets its attempt counter."""
+
+    account_id: bytes
+    record_id: bytes
+    sealed_record: bytes
+    limit: int
+
+    def __repr__(self) -> str:  # never print sealed material or raw ids
+        return f"Put(limit={self.limit}, sealed_record=<{len(self.sealed_record)} bytes>)"
+
+
+@dataclass(frozen=True)
+class BeginAttempt:
+    """Count one password guess before the guess can be tested."""
+
+    account_id: bytes
+
+    def __repr__(self) -> str:
+        return "BeginAttempt()"
+
+
+@dataclass(frozen=True)
+class ResetAttempts:
+    """A successful login: counter back to zero (only for the record that was verified)."""
+
+    account_id: bytes
+    record_id: bytes
+
+    def __repr__(self) -> str:
+        return "ResetAttempts()"
+
+
+@dataclass(frozen=True)
+class DestroyIfExhausted:
+    """The last allowed guess failed or expired: erase the record now."""
+
+    account_id: bytes
+    record_id: bytes
+
+    def __repr__(self) -> str:
+        return "DestroyIfExhausted()"
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Forget an account entirely (tombstone included)."""
+
+    account_id: bytes
+
+    def __repr__(self) -> str:
+        return "Delete()"
+
+
+Command = Put | BeginAttempt | ResetAttempts | DestroyIfExhausted | Delete
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """The result of one applied command, as seen by the node that submitted it."""
+
+    outcome: Outcome
+    record_id: bytes = b""
+    sealed_record: bytes = b""
+    attempts: int = 0
+    limit: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"ApplyResult(outcome={self.outcome.value}, attempts={self.attempts}, "
+            f"limit={self.limit}, sealed_record=<{len(self.sealed_record)} bytes>)"
+        )
+
+
+@dataclass(frozen=True)
+class AccountEntry:
+    """One account's state. A destroyed entry is a tombstone with no sealed record."""
+
+    record_id: bytes
+    sealed_record: bytes
+    attempts: int
+    limit: int
+    destroyed: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"AccountEntry(attempts={self.attempts}, limit={self.limit}, "
+            f"destroyed={self.destroyed})"
+        )
+
+
+def _check_bytes(value: object, name: str, exact: int | None = None, maximum: int = 0) -> None:
+    if not isinstance(value, bytes):
+        raise ValueError(f"{name} must be bytes")
+    if exact is not None and len(value) != exact:
+        raise ValueError(f"{name} must be {exact} bytes")
+    if maximum and len(value) > maximum:
+        raise ValueError(f"{name} must be at most {maximum} bytes")
+
+
+def validate(command: object) -> None:
+    """Raise ValueError unless ``command`` is well formed; the leader checks before submitting."""
+    if not isinstance(command, Put | BeginAttempt | ResetAttempts | DestroyIfExhausted | Delete):
+        raise ValueError("unknown command type")
+    _check_bytes(command.account_id, "account_id", ACCOUNT_ID_BYTES)
+    if isinstance(command, Put | ResetAttempts | DestroyIfExhausted):
+        _check_bytes(command.record_id, "record_id", RECORD_ID_BYTES)
+    if isinstance(command, Put):
+        _check_bytes(command.sealed_record, "sealed_record", maximum=MAX_SEALED_RECORD_BYTES)
+        if not command.sealed_record:
+            raise ValueError("sealed_record must not be empty")
+        if type(command.limit) is not int or not MIN_LIMIT <= command.limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be an integer in {MIN_LIMIT}..{MAX_LIMIT}")
+
+
+# ---- canonical binary encoding of commands (what the Raft log carries) -----------------
+
+_TAGS: dict[type, int] = {
+    Put: 1,
+    BeginAttempt: 2,
+    ResetAttempts: 3,
+    DestroyIfExhausted: 4,
+    Delete: 5,
+}
+
+
+def encode_command(command: Command) -> bytes:
+    """Encode a validated command as tag + fixed fields (+ limit and record for Put)."""
+    validate(command)
+    tag = _TAGS[type(command)]
+    out = bytes([tag]) + command.account_id
+    if isinstance(command, Put):
+        out += command.record_id + struct.pack(">H", command.limit) + command.sealed_record
+    elif isinstance(command, ResetAttempts | DestroyIfExhausted):
+        out += command.record_id
+    return out
+
+
+def decode_command(data: bytes) -> Command:
+    """Inverse of ``encode_command``; raises ValueError on anything malformed."""
+    if not isinstance(data, bytes) or len(data) < 1 + ACCOUNT_ID_BYTES:
+        raise ValueError("command too short")
+    tag, rest = data[0], data[1:]
+    account_id, rest = rest[:ACCOUNT_ID_BYTES], rest[ACCOUNT_ID_BYTES:]
+    command: Command
+    if tag == 1:
+        if len(rest) < RECORD_ID_BYTES + 2:
+            raise ValueError("truncated Put")
+        record_id = rest[:RECORD_ID_BYTES]
+        (limit,) = struct.unpack(">H", rest[RECORD_ID_BYTES : RECORD_ID_BYTES + 2])
+        command = Put(account_id, record_id, rest[RECORD_ID_BYTES + 2 :], limit)
+    elif tag in (2, 5) and not rest:
+        command = BeginAttempt(account_id) if tag == 2 else Delete(account_id)
+    elif tag in (3, 4) and len(rest) == RECORD_ID_BYTES:
+        cls = ResetAttempts if tag == 3 else DestroyIfExhausted
+        command = cls(account_id, rest)
+    else:
+        raise ValueError("malformed command")
+    validate(command)
+    return command
+
+
+class VaultState:
+    """All accounts of one shard. Mutated only through ``apply``."""
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, AccountEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"VaultState(accounts={len(self._entries)})"
+
+    def entry(self, account_id: bytes) -> AccountEntry | None:
+        return self._entries.get(account_id)
+
+    def apply(self, command: object) -> ApplyResult:
+        """Apply one committed command. Never raises: a malformed entry is a no-op."""
+        try:
+            validate(command)
+        except ValueError:
+            return ApplyResult(Outcome.INVALID)
+        assert isinstance(command, Put | BeginAttempt | ResetAttempts | DestroyIfExhausted | Delete)
+        entries = self._entries
+        current = entries.get(command.account_id)
+        if isinstance(command, Put):
+            entries[command.account_id] = AccountEntry(
+                command.record_id, command.sealed_record, 0, command.limit
+            )
+            return ApplyResult(Outcome.OK, command.record_id, attempts=0, limit=command.limit)
+        if isinstance(command, Delete):
+            entries.pop(command.account_id, None)
+            return ApplyResult(Outcome.OK)
+        if current is None:
+            return ApplyResult(Outcome.NOT_REGISTERED)
+        if isinstance(command, BeginAttempt):
+            if current.destroyed:
+                return ApplyResult(Outcome.DESTROYED, current.record_id, limit=current.limit)
+            if current.attempts >= current.limit:
+                self._destroy(command.account_id, current)
+                return ApplyResult(
+                    Outcome.DESTROYED,
+                    current.record_id,
+                    attempts=current.attempts,
+                    limit=current.limit,
+                )
+            attempts = current.attempts + 1
+            entries[command.account_id] = AccountEntry(
+                current.record_id, current.sealed_record, attempts, current.limit
+            )
+            return ApplyResult(
+                Outcome.GRANTED, current.record_id, current.sealed_record, attempts, current.limit
+            )
+        if current.destroyed or current.record_id != command.record_id:
+            return ApplyResult(Outcome.STALE, current.record_id, limit=current.limit)
+        if isinstance(command, ResetAttempts):
+            entries[command.account_id] = AccountEntry(
+                current.record_id, current.sealed_record, 0, current.limit
+            )
+            return ApplyResult(Outcome.OK, current.record_id, attempts=0, limit=current.limit)
+        # DestroyIfExhausted
+        if current.attempts >= current.limit:
+            self._destroy(command.account_id, current)
+            return ApplyResult(
+                Outcome.DESTROYED,
+                current.record_id,
+                attempts=current.attempts,
+                limit=current.limit,
+            )
+        return ApplyResult(
+            Outcome.STALE, current.record_id, attempts=current.attempts, limit=current.limit
+        )
+
+    def _destroy(self, account_id: bytes, current: AccountEntry) -> None:
+        self._entries[account_id] = AccountEntry(
+            current.record_id, b"", current.attempts, current.limit, destroyed=True
+        )
+
+    # ---- snapshots and digests -------------------------------------------------------
+
+    def _canonical(self) -> bytes:
+        parts = [struct.pack(">I", len(self._entries))]
+        for account_id in sorted(self._entries):
+            e = self._entries[account_id]
+            parts.append(
+                account_id
+                + e.record_id
+                + struct.pack(">HHBI", e.attempts, e.limit, int(e.destroyed), len(e.sealed_record))
+                + e.sealed_record
+            )
+        return b"".join(parts)
+
+    def digest(self) -> bytes:
+        """SHA-256 over a canonical encoding of every entry: equal digests mean equal states."""
+        return hashlib.sha256(b"bkv-vault-state-v1\x00" + self._canonical()).digest()
+
+    def to_plain(self) -> dict[str, Any]:
+        """Snapshot as JSON-compatible plain data (hex strings, ints, bools)."""
+        return {
+            "version": 1,
+            "entries": [
+                [
+                    account_id.hex(),
+                    e.record_id.hex(),
+                    e.sealed_record.hex(),
+                    e.attempts,
+                    e.limit,
+                    e.destroyed,
+                ]
+                for account_id, e in sorted(self._entries.items())
+            ],
+        }
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> VaultState:
+        """Rebuild a state from ``to_plain`` output; raises ValueError if malformed."""
+        if not isinstance(plain, dict) or plain.get("version") != 1:
+            raise ValueError("unsupported snapshot version")
+        state = cls()
+        try:
+            for account_hex, record_hex, sealed_hex, attempts, limit, destroyed in plain["entries"]:
+                account_id, record_id = bytes.fromhex(account_hex), bytes.fromhex(record_hex)
+                sealed = bytes.fromhex(sealed_hex)
+                if (
+                    len(account_id) != ACCOUNT_ID_BYTES
+                    or len(record_id) != RECORD_ID_BYTES
+                    or type(attempts) is not int
+                    or type(limit) is not int
+                    or type(destroyed) is not bool
+                    or not 0 <= attempts <= limit
+                    or not MIN_LIMIT <= limit <= MAX_LIMIT
+                    or (destroyed and sealed)
+                ):
+                    raise ValueError("malformed snapshot entry")
+                state._entries[account_id] = AccountEntry(
+                    record_id, sealed, attempts, limit, destroyed
+                )
+        except (KeyError, TypeError) as err:
+            raise ValueError("malformed snapshot") from err
+        return state
