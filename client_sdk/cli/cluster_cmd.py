@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client_sdk.cli.common import CliError
 from client_sdk.config import default_state_dir
-from client_sdk.launcher import DEFAULT_UP_TIMEOUT, LauncherError, LocalCluster, NodeView
+
+if TYPE_CHECKING:  # the launcher pulls in gRPC: import it only when a cluster command runs
+    from client_sdk.launcher import LocalCluster, NodeView
 
 
 def register(sub: Any) -> None:
@@ -17,8 +19,8 @@ def register(sub: Any) -> None:
     group = parser.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
     up = group.add_parser("up", help="create (first time) and start the cluster")
     up.add_argument("--shards", type=int, default=1, help="Raft groups of 5 nodes (default 1)")
-    up.add_argument("--timeout", type=float, default=DEFAULT_UP_TIMEOUT,
-                    help="seconds to wait for a healthy cluster")
+    up.add_argument("--timeout", type=float, default=None,
+                    help="seconds to wait for a healthy cluster (default 120)")
     up.set_defaults(handler=_up)
     status = group.add_parser("status", help="show every node by data center")
     status.set_defaults(handler=_status)
@@ -31,6 +33,8 @@ def register(sub: Any) -> None:
 
 
 def _cluster(args: argparse.Namespace, shards: int = 1) -> LocalCluster:
+    from client_sdk.launcher import LocalCluster
+
     state = args.state_dir if args.state_dir is not None else default_state_dir()
     return LocalCluster(state, shards)
 
@@ -39,9 +43,11 @@ def _up(args: argparse.Namespace) -> int:
     if not 1 <= args.shards <= 16:
         raise CliError("--shards must be between 1 and 16", 2)
     cluster = _cluster(args, args.shards)
+    from client_sdk.launcher import DEFAULT_UP_TIMEOUT, LauncherError
+
     print(f"starting local cluster in {cluster.state_dir} ...", flush=True)
     try:
-        cluster.up(timeout=args.timeout)
+        cluster.up(timeout=DEFAULT_UP_TIMEOUT if args.timeout is None else args.timeout)
     except LauncherError as err:
         raise CliError(str(err), 4) from None
     _print_status(cluster.status(), cluster.chatd_addresses())
@@ -50,6 +56,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from client_sdk.launcher import LauncherError
+
     cluster = _cluster(args)
     try:
         views = cluster.status()
@@ -61,6 +69,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    from client_sdk.launcher import LauncherError
+
     cluster = _cluster(args)
     try:
         stopped = cluster.down()
