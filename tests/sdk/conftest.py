@@ -1,14 +1,16 @@
-"""An in-process vault for SDK protocol tests: the real vault service, HSM and state machine.
+"""An in-process vault for SDK protocol tests: the real vault service, HSM and Raft replica.
 
-Only Raft is left out: commands apply to one ``VaultState`` at once, so these
+The replica is a one-member Raft group (real journal, real pysyncobj), so these
 tests exercise the client against the vault's real protocol logic in
-milliseconds. The cluster smoke test covers the full path through ChatD.
+milliseconds; the transport goes straight to ``Vault.Handle``. The cluster smoke
+test and tests/cluster cover the full path through ChatD and a 5-node group.
 """
 
 from __future__ import annotations
 
 import secrets
-import threading
+import socket
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -21,34 +23,13 @@ import pytest
 from bkv_api.v1 import services_pb2_grpc
 from client_sdk.config import ClientConfig
 from client_sdk.vault_transport import map_status
-from vault_node import state as st
 from vault_node.config import NodeConfig
 from vault_node.hsm import FleetHsm, SoftwareMasterKey, init_fleet
+from vault_node.replication import RaftConfig, ReplicatedVault
 from vault_node.service import VaultService
 from vault_node.sessions import SessionTable
 
 ATTEMPT_LIMIT = 10
-
-
-class ImmediateReplica:
-    """A one-member 'replica': every command commits as soon as it is submitted."""
-
-    def __init__(self) -> None:
-        self.state = st.VaultState()
-        self._lock = threading.Lock()
-
-    def submit(self, command: Any, timeout: float | None = None) -> st.ApplyResult:
-        with self._lock:
-            return self.state.apply(command)
-
-    def is_leader(self) -> bool:
-        return True
-
-    def leader_address(self) -> str | None:
-        return None
-
-    def status(self) -> Any:
-        return None
 
 
 class DirectVaultTransport:
@@ -82,7 +63,7 @@ class DirectVaultTransport:
 class InProcessVault:
     address: str
     fleet_public_key: bytes
-    replica: ImmediateReplica
+    replica: ReplicatedVault
     sessions: SessionTable
 
     def client_config(self) -> ClientConfig:
@@ -103,10 +84,14 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessVault]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     port = server.add_insecure_port("127.0.0.1:0")
     address = f"127.0.0.1:{port}"
+    raft_port = socket.socket()
+    raft_port.bind(("127.0.0.1", 0))
+    raft_address = f"127.0.0.1:{raft_port.getsockname()[1]}"
+    raft_port.close()
     peer = {
         "node_id": "dc1-n1",
         "datacenter": "dc1",
-        "raft_address": "127.0.0.1:1",
+        "raft_address": raft_address,
         "grpc_address": address,
     }
     cfg = NodeConfig.from_mapping(
@@ -120,7 +105,19 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessVault]:
             "peers": [peer],
         }
     )
-    replica = ImmediateReplica()
+    replica = ReplicatedVault(
+        RaftConfig(
+            node_id="dc1-n1",
+            self_address=raft_address,
+            peer_addresses=[raft_address],
+            data_dir=tmp / "raft",
+            transport_secret=secrets.token_bytes(32),
+        )
+    )
+    deadline = time.monotonic() + 15
+    while not replica.is_leader():  # a one-member group elects itself
+        assert time.monotonic() < deadline, "single-member Raft group elected no leader"
+        time.sleep(0.05)
     sessions = SessionTable(max_sessions=100, ttl_seconds=30.0)
     services_pb2_grpc.add_VaultServicer_to_server(VaultService(cfg, hsm, replica, sessions), server)
     server.start()
@@ -128,3 +125,4 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessVault]:
         yield InProcessVault(address, hsm.fleet_public_key, replica, sessions)
     finally:
         server.stop(grace=None).wait(5)
+        replica.close()

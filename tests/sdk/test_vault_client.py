@@ -1,4 +1,4 @@
-"""VaultClient against the in-process vault (real service, HSM and state; no Raft)."""
+"""VaultClient against the in-process vault (real service, HSM and a one-member Raft group)."""
 
 from __future__ import annotations
 
