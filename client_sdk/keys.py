@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from client_sdk.age import x25519
 from client_sdk.age.errors import KeyEncodingError
+from client_sdk.fsutil import fsync_dir
 
 KEY_BYTES = 32
 HEX_DIGITS = 2 * KEY_BYTES
@@ -146,18 +147,4 @@ def write_key_file(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the new directory entry durable (best effort where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)

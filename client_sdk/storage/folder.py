@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from client_sdk.fsutil import fsync_dir
 from client_sdk.storage.base import (
     ObjectNotFound,
     ObjectReader,
@@ -108,7 +109,7 @@ class _FileWriter(ObjectWriter):
         except OSError as err:
             self._abort()
             raise _fail(self._target, err) from None
-        _fsync_dir(self._folder)
+        fsync_dir(self._folder)
 
     def _abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -128,17 +129,3 @@ class _FileReader(ObjectReader):
     def close(self) -> None:
         self._handle.close()
         super().close()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; best effort where directories can't be synced."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
