@@ -18,10 +18,10 @@ import grpc
 from bkv_api.v1 import envelope_pb2, services_pb2, services_pb2_grpc
 from bkv_protocol.errors import ProtocolError
 from bkv_protocol.sharding import shard_for
-from bkv_protocol.tokens import verify_token
 from chatd_proxy.config import ChatDConfig
 from chatd_proxy.ratelimit import RateLimiter
 from chatd_proxy.routing import MAX_MESSAGE_BYTES, ShardRouter, VaultFailure
+from chatd_proxy.tokencache import VerifiedTokenCache
 
 log = logging.getLogger("bkv.chatd")
 
@@ -36,6 +36,7 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
 
     def __init__(self, config: ChatDConfig) -> None:
         self._config = config
+        self._tokens = VerifiedTokenCache(config.token_public_key)
         self._routers = [ShardRouter(i, nodes) for i, nodes in enumerate(config.shards)]
         self._limiter = RateLimiter(
             config.rate_limit.per_account_per_second, config.rate_limit.burst
@@ -52,7 +53,7 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
         if token is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing account token")
         try:
-            account = verify_token(self._config.token_public_key, token)
+            account = self._tokens.verify(token)
         except ProtocolError as err:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"account token refused: {err}")
         if account != request.account:

@@ -104,8 +104,13 @@ def _cluster(
 
 
 def _cpu_report(cluster: LocalCluster, before: dict[str, float], after: dict[str, float],
-                count: int, say: Printer) -> None:
-    """Where the cluster's CPU went, per recovery: ChatD, the leader, the followers."""
+                count: int, client_ms: float, say: Printer) -> float:
+    """Where the CPU went, per recovery: ChatD, the leader, the followers, the load generator.
+
+    Returns the total, from which the CPU-bound ceiling of this machine follows:
+    every process here shares the same cores, so recoveries/s can't exceed
+    cores / total CPU per recovery, however many clients run.
+    """
     leader = cluster.leader(0)
     groups: dict[str, float] = defaultdict(float)
     for name, seconds in after.items():
@@ -115,6 +120,11 @@ def _cpu_report(cluster: LocalCluster, before: dict[str, float], after: dict[str
         groups[group] += used
     parts = ", ".join(f"{g} {groups[g] / count * 1000:.1f} ms" for g in sorted(groups))
     say(f"  cluster CPU per recovery: {parts}")
+    total_ms = sum(groups.values()) / count * 1000 + client_ms
+    cores = os.cpu_count() or 1
+    say(f"  total CPU per recovery incl. the load generator: {total_ms:.1f} ms -> at most "
+        f"{cores * 1000 / total_ms:.0f} recoveries/s on {cores} otherwise idle CPUs")
+    return total_ms
 
 
 def run_bench(settings: BenchSettings, *, config_path: Path | None = None,
@@ -210,7 +220,9 @@ def run_bench(settings: BenchSettings, *, config_path: Path | None = None,
         say(f"  the load generator itself used {figures['client_cpu_ms_per_recovery']:.1f} ms "
             f"CPU per recovery on a {os.cpu_count()}-CPU machine it shares with the cluster")
         if cluster is not None:
-            _cpu_report(cluster, cluster_cpu, cluster_cpu_after, len(work), say)
+            figures["total_cpu_ms_per_recovery"] = _cpu_report(
+                cluster, cluster_cpu, cluster_cpu_after, len(work),
+                figures["client_cpu_ms_per_recovery"], say)
         say(f"recovery latency under {settings.clients} concurrent clients: "
             f"p50 {figures['recovery_p50_ms']:.1f} ms, p99 {figures['recovery_p99_ms']:.1f} ms")
         say(f"  KE1->KE2 p50 {percentile(ke2, 50) * 1000:.1f} ms, "

@@ -35,6 +35,7 @@ from client_sdk.errors import (
 
 TOKEN_METADATA_KEY = "bkv-account-token"  # noqa: S105 (a header name, not a secret)
 TOKEN_TTL_SECONDS = 300
+MAX_CACHED_TOKENS = 1024  # accounts whose current token is kept for reuse
 MAX_MESSAGE_BYTES = 1 << 20
 MIN_TRY_SECONDS = 1.0
 ROUNDS = 3  # passes over the ChatD list before giving up (the deadline usually ends it first)
@@ -60,7 +61,10 @@ class VaultTransport(Protocol):
 class TokenSource:
     """Account tokens for ChatD: minted locally (dev clusters) or the configured one.
 
-    The signing key is read lazily, once, and kept out of the repr.
+    The signing key is read lazily, once, and kept out of the repr. A minted
+    token is reused for the account until half its lifetime has passed: every
+    request of a login then carries the same token, which spares the client a
+    signature and lets ChatD answer from its cache of verified tokens.
     """
 
     def __init__(self, config: ClientConfig, *, ttl_seconds: int = TOKEN_TTL_SECONDS) -> None:
@@ -73,6 +77,7 @@ class TokenSource:
         self._static = config.token
         self._ttl = ttl_seconds
         self._signing_key: bytes | None = None
+        self._minted: dict[str, tuple[str, float]] = {}  # account -> (token, reuse until)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -84,11 +89,19 @@ class TokenSource:
         if self._key_file is None:
             assert self._static is not None
             return self._static
+        now = time.monotonic()
         with self._lock:
+            cached = self._minted.get(account)
+            if cached is not None and now < cached[1]:
+                return cached[0]
             if self._signing_key is None:
                 self._signing_key = read_signing_key(self._key_file)
             key = self._signing_key
         token: str = mint_token(key, account, ttl_seconds=self._ttl)
+        with self._lock:
+            if len(self._minted) >= MAX_CACHED_TOKENS:
+                self._minted.clear()
+            self._minted[account] = (token, now + self._ttl / 2)
         return token
 
 
@@ -118,6 +131,7 @@ class ChatDTransport:
         self._addresses = list(addresses)
         self._deadline = deadline_seconds
         self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, services_pb2_grpc.ChatDStub] = {}
         self._preferred = 0
         self._lock = threading.Lock()
 
@@ -136,7 +150,7 @@ class ChatDTransport:
                 time.sleep(min(_BACKOFF_SECONDS * (attempt // n), remaining / 2))
                 remaining = end - time.monotonic()
             index = (first + attempt) % n
-            stub = services_pb2_grpc.ChatDStub(self._channel(self._addresses[index]))
+            stub = self._stub(self._addresses[index])
             try:
                 reply = stub.Forward(
                     request,
@@ -161,16 +175,19 @@ class ChatDTransport:
         """Close every channel opened so far."""
         with self._lock:
             channels, self._channels = list(self._channels.values()), {}
+            self._stubs = {}
         for channel in channels:
             channel.close()
 
-    def _channel(self, address: str) -> grpc.Channel:
+    def _stub(self, address: str) -> services_pb2_grpc.ChatDStub:
+        """One channel and stub per ChatD, made on first use (a stub per call costs CPU)."""
         with self._lock:
-            channel = self._channels.get(address)
-            if channel is None:
+            stub = self._stubs.get(address)
+            if stub is None:
                 channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
                 self._channels[address] = channel
-            return channel
+                stub = self._stubs[address] = services_pb2_grpc.ChatDStub(channel)
+            return stub
 
 
 def map_status(code: grpc.StatusCode, details: str | None) -> VaultError:

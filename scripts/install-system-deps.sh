@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the project needs, only when missing.
-# libsodium23: ristretto255 + Argon2id (through pysodium); age: interop tests and benchmarks.
+# libsodium23: ristretto255 + Argon2id (through pysodium); age: interop tests and benchmarks;
+# softhsm2: the PKCS#11 token the PKCS#11 master-key backend is tested against.
 set -euo pipefail
 need=()
-for pkg in libsodium23 age; do
+for pkg in libsodium23 age softhsm2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

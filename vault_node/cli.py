@@ -19,29 +19,51 @@ from vault_node.config import ConfigError, NodeConfig
 from vault_node.hsm import (
     FleetHsm,
     HsmError,
+    MasterKeyBackend,
     SoftwareMasterKey,
     create_master_key_file,
     init_fleet,
 )
+from vault_node.hsm_pkcs11 import Pkcs11MasterKey, create_token_key
+
+
+def _master_for_init(args: argparse.Namespace) -> tuple[MasterKeyBackend, Path, str | None]:
+    """The master key (created if absent), the fleet file path and what was created."""
+    key_file: Path | None = args.master_key_file
+    out: Path | None = args.fleet_file
+    if args.config is not None:
+        cfg = NodeConfig.load(args.config)
+        out = out or cfg.fleet_file
+        if cfg.pkcs11 is not None:  # the key is generated inside the token, never exported
+            created = create_token_key(cfg.pkcs11)
+            note = f"generated master key {cfg.pkcs11.key_label!r} in PKCS#11 token"
+            return Pkcs11MasterKey.open_token(cfg.pkcs11), out, note if created else None
+        key_file = key_file or cfg.master_key_file
+    if key_file is None or out is None:
+        raise ConfigError("give --config, or --master-key-file and --fleet-file")
+    created = create_master_key_file(key_file)
+    note = f"created master key file {key_file} (mode 0600)"
+    # Same key source as `run` ($BKV_MASTER_KEY wins), so the nodes can open the fleet.
+    return SoftwareMasterKey.load(key_file), out, note if created else None
 
 
 def _init_fleet(args: argparse.Namespace) -> int:
-    key_file: Path = args.master_key_file
-    out: Path = args.fleet_file
-    if out.exists():
+    out: Path | None = args.fleet_file
+    if out is not None and out.exists():
         print(f"bkv-vault-node: {out} already exists; refusing to overwrite", file=sys.stderr)
         return 2
     try:
-        created = create_master_key_file(key_file)
-        # Same key source as `run` ($BKV_MASTER_KEY wins), so the nodes can open the fleet.
-        master = SoftwareMasterKey.load(key_file)
+        master, out, created = _master_for_init(args)
+        if out.exists():
+            print(f"bkv-vault-node: {out} already exists; refusing to overwrite", file=sys.stderr)
+            return 2
         blob = init_fleet(master)
         hsm = FleetHsm.open_fleet(master, blob)
         out.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(blob)
-    except HsmError as err:
+    except (HsmError, ConfigError) as err:
         print(f"bkv-vault-node: {err}", file=sys.stderr)
         return 2
     except OSError as err:
@@ -55,7 +77,7 @@ def _init_fleet(args: argparse.Namespace) -> int:
         print(json.dumps(keys))
     else:
         if created:
-            print(f"created master key file {key_file} (mode 0600)")
+            print(created)
         print(f"wrote sealed fleet file {out}")
         print(f"fleet_public_key  = {keys['fleet_public_key']}")
         print(f"opaque_public_key = {keys['opaque_public_key']}")
@@ -109,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init-fleet", help="create the master key (if absent) and fleet secrets")
-    init.add_argument("--master-key-file", type=Path, required=True)
-    init.add_argument("--fleet-file", type=Path, required=True)
+    init.add_argument("--master-key-file", type=Path)
+    init.add_argument("--fleet-file", type=Path)
+    init.add_argument(
+        "--config", type=Path, help="node config: its master key backend (software or pkcs11)"
+    )
     init.add_argument("--json", action="store_true", help="print the public keys as JSON")
     init.set_defaults(handler=_init_fleet)
     run = sub.add_parser("run", help="run a vault node until SIGTERM/SIGINT")

@@ -32,6 +32,16 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
+class Pkcs11Settings:
+    """Where the PKCS#11 master key lives (``master_key_backend = "pkcs11"``); PIN by file/env."""
+
+    module: Path
+    token_label: str
+    key_label: str
+    pin_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything one vault node needs; secrets are referenced by path, never inlined."""
 
@@ -50,6 +60,7 @@ class NodeConfig:
     max_sessions: int = 10_000
     commit_timeout_seconds: float = 5.0
     allow_identity_ksf: bool = False  # test clusters only: accept the Identity KSF
+    pkcs11: Pkcs11Settings | None = None  # set: the master key is in a PKCS#11 token
 
     @property
     def self_peer(self) -> PeerConfig:
@@ -110,6 +121,7 @@ class NodeConfig:
             max_sessions=r.integer("max_sessions", 1, 1_000_000, default=10_000),
             commit_timeout_seconds=r.number("commit_timeout_seconds", 0.5, 60.0, default=5.0),
             allow_identity_ksf=r.boolean("allow_identity_ksf", default=False),
+            pkcs11=_pkcs11_settings(r, raw, where),
         )
         cfg._check_peers(where)
         return cfg
@@ -151,6 +163,20 @@ def load_transport_secret(cfg: NodeConfig, env: Mapping[str, str] | None = None)
             f"Raft transport secret is shorter than {MIN_TRANSPORT_SECRET_BYTES} characters"
         )
     return secret
+
+
+def _pkcs11_settings(r: _Reader, raw: Mapping[str, Any], where: str) -> Pkcs11Settings | None:
+    backend = raw.get("master_key_backend", "software")
+    if backend == "software":
+        return None
+    if backend != "pkcs11":
+        raise ConfigError(f'{where}: \'master_key_backend\' must be "software" or "pkcs11"')
+    return Pkcs11Settings(
+        module=r.path("pkcs11_module"),
+        token_label=r.string("pkcs11_token_label"),
+        key_label=r.string("pkcs11_key_label"),
+        pin_file=r.optional_path("pkcs11_pin_file"),
+    )
 
 
 class _Reader:

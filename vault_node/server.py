@@ -15,7 +15,8 @@ import grpc
 
 from bkv_api.v1 import services_pb2_grpc
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
-from vault_node.hsm import FleetHsm, HsmError, SoftwareMasterKey
+from vault_node.hsm import FleetHsm, HsmError
+from vault_node.hsm_pkcs11 import load_master_key
 from vault_node.replication import RaftConfig, RaftStartupError, ReplicatedVault
 from vault_node.service import VaultService
 from vault_node.sessions import SessionTable
@@ -48,7 +49,7 @@ def prepare(cfg: NodeConfig) -> _Prepared:
     except ConfigError as err:
         raise StartupError(str(err)) from None
     try:
-        master = SoftwareMasterKey.load(cfg.master_key_file)
+        master = load_master_key(cfg)
     except HsmError as err:
         raise StartupError(str(err)) from None
     try:
