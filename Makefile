@@ -40,3 +40,27 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) bkv_api build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# ---- container deployment (deploy/): one shard over 3 data centers in docker compose ----
+DEPLOY_STATE ?= deploy/state
+DOCKER_COMPOSE ?= docker-compose
+COMPOSE = $(DOCKER_COMPOSE) -p bkv -f deploy/docker-compose.yml --env-file $(DEPLOY_STATE)/compose.env
+
+.PHONY: deploy-image deploy-up deploy-down
+
+# Offline build: engine + daemon when missing, cached debootstrap base image, wheelhouse.
+deploy-image: $(STAMP)
+	bash scripts/docker-setup.sh
+	docker build --network none -f deploy/Dockerfile -t bkv:local \
+		--build-arg BASE_IMAGE=bkv-base:bookworm --build-arg WHEELHOUSE=1 .
+
+deploy-up: $(STAMP)
+	docker image inspect bkv:local >/dev/null 2>&1 || $(MAKE) deploy-image
+	$(BIN)/python -m client_sdk.compose_layout prepare --state-dir $(DEPLOY_STATE)
+	$(COMPOSE) up -d --no-build
+	$(BIN)/python -m client_sdk.compose_layout status --state-dir $(DEPLOY_STATE) --wait 120
+	@echo "bkv vault ... --config $(DEPLOY_STATE)/client.toml"
+
+# Stops and removes the containers; node volumes (the vault's data) are kept.
+deploy-down:
+	$(COMPOSE) down

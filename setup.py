@@ -1,6 +1,8 @@
 """Build hook: generate the gRPC/protobuf modules from protos/ on every build.
 
-The generated package ``bkv_api`` is never committed; ``protos/`` is the source of truth.
+The generated package ``bkv_api`` is never committed; ``protos/`` is the source
+of truth. It is generated before ``setup()`` runs, because setuptools discovers
+packages before any build step: a wheel built from a clean tree must contain it.
 """
 
 from __future__ import annotations
@@ -9,17 +11,11 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
-from setuptools.command.build_py import build_py
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "scripts"))
 
+from gen_protos import generate  # noqa: E402  (needs scripts/ on the path)
 
-class BuildWithProtos(build_py):
-    def run(self) -> None:
-        from gen_protos import generate
-
-        generate(Path(__file__).parent)
-        super().run()
-
-
-setup(cmdclass={"build_py": BuildWithProtos})
+generate(ROOT)
+setup()

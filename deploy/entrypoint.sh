@@ -1,0 +1,21 @@
+#!/bin/sh
+# Container entry point: runs the given command (bkv-vault-node / bkv-chatd) as
+# the unprivileged user `bkv`. Started as root, it first copies the compose
+# secrets (bind-mounted, owned by whoever created them on the host) into the
+# memory-only /run/bkv, readable by `bkv` alone, so no secret is ever written
+# to the container's disk and the service never runs as root.
+set -eu
+
+if [ "$(id -u)" = 0 ]; then
+    install -d -m 0700 -o bkv -g bkv /run/bkv
+    for name in master_key transport_secret fleet_sealed; do
+        if [ -f "/run/secrets/$name" ]; then
+            install -m 0400 -o bkv -g bkv "/run/secrets/$name" "/run/bkv/$name"
+        fi
+    done
+    if [ -d /var/lib/bkv ] && [ -w /var/lib/bkv ]; then  # a volume (vault nodes)
+        chown bkv:bkv /var/lib/bkv
+    fi
+    exec setpriv --reuid=bkv --regid=bkv --init-groups -- "$@"
+fi
+exec "$@"
