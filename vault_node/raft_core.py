@@ -263,6 +263,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self.bkv_snapshot_path = snapshot_path
         self.bkv_snapshot_error: str | None = None
         self.bkv_snapshots_written = 0
+        self.bkv_snapshots_loaded = 0  # read at start-up or installed from the leader
         self._bkv_durable = journal.fsync_enabled
         conf = SyncObjConf(
             journalFile=journal,
@@ -339,4 +340,5 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             raise
         with self.bkv_state_lock:
             self.bkv_state = state
+        self.bkv_snapshots_loaded += 1
         return last, previous, []

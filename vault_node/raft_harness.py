@@ -80,6 +80,7 @@ def _status_json(vault: ReplicatedVault) -> dict[str, Any]:
         "accounts": s.accounts,
         "log_entries": s.log_entries,
         "snapshots_written": s.snapshots_written,
+        "snapshots_loaded": s.snapshots_loaded,
         "truncation_warnings": s.truncation_warnings,
     }
 

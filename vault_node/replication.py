@@ -82,6 +82,7 @@ class RaftStatus:
     accounts: int
     log_entries: int
     snapshots_written: int
+    snapshots_loaded: int  # read at start-up or installed from the leader
     truncation_warnings: int
 
 
@@ -241,6 +242,7 @@ class ReplicatedVault:
             accounts=accounts,
             log_entries=len(obj.bkv_journal),
             snapshots_written=obj.bkv_snapshots_written,
+            snapshots_loaded=obj.bkv_snapshots_loaded,
             truncation_warnings=truncation_warnings(),
         )
 
