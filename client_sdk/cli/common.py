@@ -82,6 +82,8 @@ def atomic_output(name: str) -> Iterator[BinaryIO]:
 
     If the block raises, the temporary file is removed and ``name`` is untouched.
     "-" streams to standard output instead (where nothing can be taken back).
+    Like ``cp`` and ``age``, the data is not forced to disk (no fsync): flushing
+    is left to the OS. Backups written to storage are synced by the storage layer.
     """
     if name == STDIO:
         yield sys.stdout.buffer
@@ -101,7 +103,6 @@ def atomic_output(name: str) -> Iterator[BinaryIO]:
             yield handle
             try:
                 handle.flush()
-                os.fsync(handle.fileno())
             except OSError as err:
                 raise CliError(f"can't write {name}: {err.strerror}", EXIT_GENERIC) from None
         try:
