@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,26 +23,13 @@ from bkv_api.v1 import services_pb2, services_pb2_grpc
 from bkv_protocol import deposit, opaque, sealing
 from bkv_protocol.errors import AuthenticationError
 from bkv_protocol.ksf import IDENTITY_KSF
+from client_sdk.launcher_layout import free_ports
 
 NODE_CMD = [sys.executable, "-m", "vault_node.cli"]
 TEST_ATTEMPT_LIMIT = 3
 START_DEADLINE = 30.0
 RPC_TIMEOUT = 10.0
 ACCOUNT_CONTEXT = opaque.PRODUCT_CONTEXT
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held open together so they don't repeat)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def init_fleet(state: Path) -> dict[str, str]:
