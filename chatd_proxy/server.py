@@ -14,11 +14,13 @@ from concurrent import futures
 from typing import Any, NoReturn
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from bkv_api.v1 import envelope_pb2, services_pb2, services_pb2_grpc
 from bkv_protocol.errors import ProtocolError
 from bkv_protocol.sharding import shard_for
 from chatd_proxy.config import ChatDConfig
+from chatd_proxy.health import ChatDHealth
 from chatd_proxy.ratelimit import RateLimiter
 from chatd_proxy.routing import MAX_MESSAGE_BYTES, ShardRouter, VaultFailure
 from chatd_proxy.tokencache import VerifiedTokenCache
@@ -41,6 +43,10 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
         self._limiter = RateLimiter(
             config.rate_limit.per_account_per_second, config.rate_limit.burst
         )
+
+    @property
+    def routers(self) -> list[ShardRouter]:
+        return list(self._routers)
 
     def close(self) -> None:
         for router in self._routers:
@@ -101,6 +107,8 @@ class ChatDServer:
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         services_pb2_grpc.add_ChatDServicer_to_server(self.service, self._server)
+        self.health = ChatDHealth(self.service.routers)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         self.port = 0
 
     def start(self) -> int:
@@ -112,6 +120,7 @@ class ChatDServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         self._server.start()
+        self.health.start()
         log.info("ChatD (%s) listening on port %d, %d shard(s)",
                  self.config.datacenter, self.port, len(self.config.shards))
         return self.port
@@ -120,6 +129,7 @@ class ChatDServer:
         self._server.wait_for_termination()
 
     def stop(self, grace: float = 2.0) -> None:
+        self.health.stop()
         self._server.stop(grace).wait()
         self.service.close()
 

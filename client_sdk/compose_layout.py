@@ -12,13 +12,14 @@ git-ignored), and never overwrites a secret::
 
 Inside the containers the compose secrets are copied by the entry point to
 ``/run/bkv`` (memory only, owner ``bkv``). Every vault node is addressed by its
-service name; the config has one address per node for both listening and
-advertising, so the compose file maps each node's own name to 0.0.0.0
-(``extra_hosts``): the node binds every interface while peers and ChatDs reach
-it through the container network's DNS.
+service name (``grpc_address``, ``raft_address``: what peers, ChatDs and leader
+hints use, resolved by the container networks' DNS) while it listens on every
+interface of its container (``grpc_listen``, ``raft_bind``), since it joins two
+networks: its data center's and ``wan``.
 
 ``health vault|chatd`` is the container health check: exit 0 when the local
-service answers ``Vault.Status`` / ``ChatD.ClusterStatus``. ``status`` prints
+service's ``grpc.health.v1.Health/Check`` says SERVING (a node that knows its
+leader; a ChatD that sees a leader in every shard). ``status`` prints
 every node as a ChatD sees it (role, term, commit index), from the host.
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import grpc
 import tomli_w
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv_api.v1 import services_pb2, services_pb2_grpc
 from bkv_protocol import tokens
@@ -55,6 +57,7 @@ CHATD_PORT = 7001
 IN_CONTAINER_SECRETS = Path("/run/bkv")
 IN_CONTAINER_DATA = Path("/var/lib/bkv/data")
 HEALTH_TIMEOUT_SECONDS = 3.0
+LISTEN_HOST = "0.0.0.0"  # noqa: S104 (inside a container, on its private networks)
 
 
 def node_names() -> list[tuple[str, str]]:
@@ -82,6 +85,8 @@ def node_config(name: str, datacenter: str, attempt_limit: int) -> dict[str, Any
         "shard": 0,
         "grpc_address": f"{name}:{GRPC_PORT}",
         "raft_address": f"{name}:{RAFT_PORT}",
+        "grpc_listen": f"{LISTEN_HOST}:{GRPC_PORT}",
+        "raft_bind": f"{LISTEN_HOST}:{RAFT_PORT}",
         "data_dir": str(IN_CONTAINER_DATA),
         "fleet_file": str(IN_CONTAINER_SECRETS / "fleet_sealed"),
         "master_key_file": str(IN_CONTAINER_SECRETS / "master_key"),
@@ -148,18 +153,15 @@ def prepare(state_dir: Path, *, attempt_limit: int = 10) -> ClientConfig:
 
 
 def healthy(kind: str, address: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
-    """Whether the vault node / ChatD at ``address`` answers its status call in time."""
+    """Whether the vault node / ChatD at ``address`` reports SERVING over the gRPC health API."""
+    service = "bkv.v1.Vault" if kind == "vault" else "bkv.v1.ChatD"
     with grpc.insecure_channel(address) as channel:
         try:
-            if kind == "vault":
-                services_pb2_grpc.VaultStub(channel).Status(
-                    services_pb2.StatusRequest(), timeout=timeout)
-            else:
-                services_pb2_grpc.ChatDStub(channel).ClusterStatus(
-                    services_pb2.ClusterStatusRequest(), timeout=timeout)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError:
             return False
-    return True
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def cluster_status(

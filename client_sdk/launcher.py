@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv_api.v1 import services_pb2, services_pb2_grpc
 from client_sdk.config import ClientConfig
@@ -221,7 +222,7 @@ class LocalCluster:
                 )
             missing = [f"shard {s}: no leader" for s in range(self.shards)
                        if self.leader(s) is None]
-            missing += [f"ChatD {a} not answering" for a in self.chatd_addresses()
+            missing += [f"ChatD {a} not serving" for a in self.chatd_addresses()
                         if not _ready(a)]
             if not missing:
                 return
@@ -340,11 +341,12 @@ def node_status(address: str, timeout: float = STATUS_TIMEOUT) -> services_pb2.N
 
 
 def _ready(address: str) -> bool:
+    """ChatD's gRPC health says SERVING: it sees a leader in every shard."""
     with grpc.insecure_channel(address) as channel:
         try:
-            services_pb2_grpc.ChatDStub(channel).ClusterStatus(
-                services_pb2.ClusterStatusRequest(), timeout=5.0
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="bkv.v1.ChatD"), timeout=5.0
             )
-            return True
         except grpc.RpcError:
             return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

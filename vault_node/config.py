@@ -2,6 +2,12 @@
 
 Every problem becomes a one-line :class:`ConfigError` naming the file and key, so
 an operator never meets a traceback for a typo.
+
+A node has two kinds of address. ``grpc_address`` and ``raft_address`` are what
+peers, ChatDs and leader hints use to reach it; ``grpc_listen`` and ``raft_bind``
+(optional, default: the matching advertised address) are the sockets it opens.
+They differ behind NAT or in containers, where a node listens on ``0.0.0.0`` but
+is reached by its service name.
 """
 
 from __future__ import annotations
@@ -61,6 +67,15 @@ class NodeConfig:
     commit_timeout_seconds: float = 5.0
     allow_identity_ksf: bool = False  # test clusters only: accept the Identity KSF
     pkcs11: Pkcs11Settings | None = None  # set: the master key is in a PKCS#11 token
+    grpc_listen: str = ""  # where the gRPC server listens; "" means grpc_address
+    raft_bind: str = ""  # where Raft accepts peers; "" means raft_address
+
+    def __post_init__(self) -> None:
+        # Filled here so every NodeConfig, however built, carries concrete sockets.
+        if not self.grpc_listen:
+            object.__setattr__(self, "grpc_listen", self.grpc_address)
+        if not self.raft_bind:
+            object.__setattr__(self, "raft_bind", self.raft_address)
 
     @property
     def self_peer(self) -> PeerConfig:
@@ -122,9 +137,22 @@ class NodeConfig:
             commit_timeout_seconds=r.number("commit_timeout_seconds", 0.5, 60.0, default=5.0),
             allow_identity_ksf=r.boolean("allow_identity_ksf", default=False),
             pkcs11=_pkcs11_settings(r, raw, where),
+            grpc_listen=r.optional_address("grpc_listen"),
+            raft_bind=r.optional_address("raft_bind"),
         )
         cfg._check_peers(where)
+        cfg._check_sockets(where)
         return cfg
+
+    def _check_sockets(self, where: str) -> None:
+        """gRPC and Raft can't share a port on overlapping interfaces (one would fail to bind)."""
+        g_host, _, g_port = self.grpc_listen.rpartition(":")
+        r_host, _, r_port = self.raft_bind.rpartition(":")
+        if g_port == r_port and (g_host == r_host or {g_host, r_host} & _WILDCARD_HOSTS):
+            raise ConfigError(
+                f"{where}: 'grpc_listen' and 'raft_bind' must not use the same port "
+                f"({self.grpc_listen} and {self.raft_bind})"
+            )
 
     def _check_peers(self, where: str) -> None:
         ids = [p.node_id for p in self.peers]
@@ -179,6 +207,9 @@ def _pkcs11_settings(r: _Reader, raw: Mapping[str, Any], where: str) -> Pkcs11Se
     )
 
 
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})  # noqa: S104 (compared, not bound)
+
+
 class _Reader:
     """Typed access to one TOML table with errors that name the key."""
 
@@ -203,6 +234,10 @@ class _Reader:
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{self._where}: {key!r} must be host:port, got {value!r}")
         return value
+
+    def optional_address(self, key: str) -> str:
+        """``host:port`` if the key is present, else "" (the caller's default applies)."""
+        return self.address(key) if key in self._raw else ""
 
     def path(self, key: str) -> Path:
         return Path(self.string(key))

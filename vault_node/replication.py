@@ -66,6 +66,7 @@ class RaftConfig:
     tick_interval: float = 0.05  # idle wake-up period of the Raft thread
     snapshot_min_entries: int = 5000
     snapshot_min_interval: float = 300.0
+    bind_address: str | None = None  # listen here instead of self_address (NAT, containers)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,9 @@ class ReplicatedVault:
         except (OSError, RuntimeError) as err:
             raise RaftStartupError(f"cannot open the Raft journal in {data_dir}") from err
         peers = [p for p in config.peer_addresses if p != config.self_address]
+        # pysyncobj binds every interface when bindAddress is None; default to the
+        # advertised address instead so a loopback node stays on loopback.
+        bind = config.bind_address or config.self_address
         conf_kwargs = {
             "password": secret,
             "appendEntriesPeriod": config.heartbeat_interval,
@@ -141,6 +145,7 @@ class ReplicatedVault:
             "maxBindRetries": 5,
             "bindRetryTime": 0.2,
             "onStateChanged": self._on_state_changed,
+            "bindAddress": bind,
         }
         try:
             self._obj = VaultSyncObj(
@@ -148,7 +153,7 @@ class ReplicatedVault:
             )
         except Exception as err:  # pysyncobj reports bind failures as a bare SyncObjException
             journal._destroy()
-            raise RaftStartupError(f"cannot listen on {config.self_address}") from err
+            raise RaftStartupError(f"cannot listen on {bind}") from err
         self._pending: set[_Waiter] = set()
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
@@ -156,8 +161,9 @@ class ReplicatedVault:
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
         self._thread.start()
         log.info(
-            "raft node %s listening on %s with %d peers",
+            "raft node %s listening on %s as %s with %d peers",
             config.node_id,
+            bind,
             config.self_address,
             len(peers),
         )
@@ -217,6 +223,17 @@ class ReplicatedVault:
 
     def is_leader(self) -> bool:
         return bool(self._obj._isLeader())
+
+    def leader_reachable(self) -> bool:
+        """This node reaches a majority and is, or is connected to, the leader it names.
+
+        A follower cut off from every peer never starts an election, so it keeps
+        naming a leader that may be gone; only live connections say it can answer.
+        """
+        obj = self._obj
+        if not bool(obj.hasQuorum):
+            return False
+        return self.is_leader() or bool(obj.isNodeConnected(obj._getLeader()))
 
     def leader_address(self) -> str | None:
         leader = self._obj._getLeader()

@@ -12,9 +12,11 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from bkv_api.v1 import services_pb2_grpc
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
+from vault_node.health import HealthReporter, can_answer
 from vault_node.hsm import FleetHsm, HsmError
 from vault_node.hsm_pkcs11 import load_master_key
 from vault_node.replication import RaftConfig, RaftStartupError, ReplicatedVault
@@ -78,6 +80,7 @@ class VaultNode:
                     data_dir=cfg.data_dir,
                     transport_secret=prepared.transport_secret,
                     commit_timeout=cfg.commit_timeout_seconds,
+                    bind_address=cfg.raft_bind,
                 )
             )
         except RaftStartupError as err:
@@ -95,19 +98,23 @@ class VaultNode:
             ],
         )
         services_pb2_grpc.add_VaultServicer_to_server(self.service, self._server)
+        self.health = HealthReporter(self._can_answer)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="vault-sweeper", daemon=True)
 
     def start(self) -> None:
-        if self._server.add_insecure_port(self.config.grpc_address) == 0:
-            raise StartupError(f"cannot listen on {self.config.grpc_address}", exit_code=4)
+        if self._server.add_insecure_port(self.config.grpc_listen) == 0:
+            raise StartupError(f"cannot listen on {self.config.grpc_listen}", exit_code=4)
         self._server.start()
         self._sweeper.start()
+        self.health.start()
         log.info(
-            "node %s (%s) serving shard %d on %s",
+            "node %s (%s) serving shard %d on %s as %s",
             self.config.node_id,
             self.config.datacenter,
             self.config.shard,
+            self.config.grpc_listen,
             self.config.grpc_address,
         )
 
@@ -116,12 +123,17 @@ class VaultNode:
         if self._stop.is_set():
             return
         self._stop.set()
+        self.health.stop()  # before the grace period, so probes see it
         self._server.stop(grace=2.0).wait(5.0)
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5.0)
         self._sessions.drain()
         self._replica.close()
         log.info("node %s stopped", self.config.node_id)
+
+    def _can_answer(self) -> bool:
+        """Health: state loaded (at replica start), leader known, majority reachable."""
+        return can_answer(self.config, self._replica)
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL_SECONDS):

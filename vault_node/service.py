@@ -128,7 +128,7 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             leader_node_id=leader.node_id if leader else "",
             leader_address=leader.grpc_address if leader else "",
             state_digest=s.digest,
-            healthy=leader is not None,
+            healthy=leader is not None and self._replica.leader_reachable(),
             accounts=s.accounts,
         )
 

@@ -31,6 +31,8 @@ def test_node_configs_load_and_address_peers_by_service_name(state: Path) -> Non
         cfg = NodeConfig.load(state / "config" / f"{name}.toml")
         assert (cfg.node_id, cfg.datacenter, cfg.attempt_limit) == (name, dc, 4)
         assert cfg.grpc_address == f"{name}:7100" and cfg.raft_address == f"{name}:7200"
+        # listens on both of its networks, is reached by name
+        assert (cfg.grpc_listen, cfg.raft_bind) == ("0.0.0.0:7100", "0.0.0.0:7200")
         assert [p.node_id for p in cfg.peers] == names
         # secrets are read from the memory-only copy the entry point makes
         assert cfg.master_key_file == Path("/run/bkv/master_key")
@@ -74,7 +76,7 @@ def test_compose_file_matches_the_layout() -> None:
     for name, dc in compose_layout.node_names():
         svc = services[name]
         assert svc["networks"] == [dc, "wan"]
-        assert svc["extra_hosts"] == [f"{name}:0.0.0.0"]
+        assert "extra_hosts" not in svc  # the listen keys replace the name mapping
         assert f"/config/{name}.toml:/etc/bkv/node.toml:ro" in svc["volumes"][0]
         assert svc["volumes"][1] == f"{name}:/var/lib/bkv"
         assert set(svc["secrets"]) == set(doc["secrets"])
