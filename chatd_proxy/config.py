@@ -33,6 +33,7 @@ class ChatDConfig:
     shards: tuple[tuple[str, ...], ...]  # index = shard id, value = vault gRPC addresses
     deadline_seconds: float = 5.0
     rate_limit: RateLimitConfig = RateLimitConfig()
+    metrics_address: str = ""  # Prometheus scrape endpoint (host:port); "" disables it
 
     @classmethod
     def load(cls, path: Path) -> ChatDConfig:
@@ -50,7 +51,7 @@ class ChatDConfig:
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> ChatDConfig:
         known = {"listen", "datacenter", "token_public_key", "deadline_seconds", "rate_limit",
-                 "shards"}
+                 "shards", "metrics_address"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}")
@@ -77,6 +78,7 @@ class ChatDConfig:
             shards=_shards(raw.get("shards")),
             deadline_seconds=float(deadline),
             rate_limit=_rate_limit(raw.get("rate_limit", {})),
+            metrics_address=_metrics_address(raw.get("metrics_address")),
         )
 
 
@@ -113,6 +115,15 @@ def _shards(raw: object) -> tuple[tuple[str, ...], ...]:
     if sorted(by_id) != list(range(len(by_id))):
         raise ConfigError("shard ids must be 0, 1, ... without gaps")
     return tuple(by_id[i] for i in range(len(by_id)))
+
+
+def _metrics_address(value: object) -> str:
+    if value is None:
+        return ""
+    address = _address(value, "metrics_address")
+    if address.endswith(":0"):
+        raise ConfigError("metrics_address needs a fixed port (scrapers must find it)")
+    return address
 
 
 def _address(value: object, what: str) -> str:

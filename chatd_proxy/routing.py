@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +51,11 @@ class VaultFailure(Exception):
 class ShardRouter:
     """Sends envelopes of one shard to its leader; thread-safe."""
 
-    def __init__(self, shard: int, nodes: Sequence[str]) -> None:
+    def __init__(
+        self, shard: int, nodes: Sequence[str], on_retry: Callable[[], None] | None = None
+    ) -> None:
         self.shard = shard
+        self._on_retry = on_retry  # told of every try after the first (metrics)
         self.nodes = tuple(nodes)
         self._lock = threading.Lock()
         self._leader: str | None = None
@@ -77,7 +80,11 @@ class ShardRouter:
         deadline = time.monotonic() + deadline_seconds
         backoff = BACKOFF_START_SECONDS
         hops = 0  # hints followed without a pause; bounded so stale views can't spin
+        tries = 0
         while True:
+            if tries and self._on_retry is not None:
+                self._on_retry()
+            tries += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise VaultFailure(grpc.StatusCode.UNAVAILABLE, "no vault leader reachable")

@@ -10,6 +10,7 @@ shards and status codes, never accounts, tokens or payloads.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 from typing import Any, NoReturn
 
@@ -21,6 +22,7 @@ from bkv_protocol.errors import ProtocolError
 from bkv_protocol.sharding import shard_for
 from chatd_proxy.config import ChatDConfig
 from chatd_proxy.health import ChatDHealth
+from chatd_proxy.metrics import ChatDMetrics
 from chatd_proxy.ratelimit import RateLimiter
 from chatd_proxy.routing import MAX_MESSAGE_BYTES, ShardRouter, VaultFailure
 from chatd_proxy.tokencache import VerifiedTokenCache
@@ -36,10 +38,14 @@ MAX_CONCURRENT_RPCS = 256
 class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
     """Forward and ClusterStatus; stateless apart from leader caches and rate buckets."""
 
-    def __init__(self, config: ChatDConfig) -> None:
+    def __init__(self, config: ChatDConfig, metrics: ChatDMetrics | None = None) -> None:
         self._config = config
+        self.metrics = metrics if metrics is not None else ChatDMetrics()
         self._tokens = VerifiedTokenCache(config.token_public_key)
-        self._routers = [ShardRouter(i, nodes) for i, nodes in enumerate(config.shards)]
+        self._routers = [
+            ShardRouter(i, nodes, self.metrics.retries.inc)
+            for i, nodes in enumerate(config.shards)
+        ]
         self._limiter = RateLimiter(
             config.rate_limit.per_account_per_second, config.rate_limit.burst
         )
@@ -55,6 +61,17 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
     def Forward(
         self, request: envelope_pb2.SealedRequest, context: Any
     ) -> envelope_pb2.SealedResponse:
+        try:
+            response = self._forward(request, context)
+        except Exception:
+            self.metrics.request(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        self.metrics.request(None)
+        return response
+
+    def _forward(
+        self, request: envelope_pb2.SealedRequest, context: Any
+    ) -> envelope_pb2.SealedResponse:
         token = _metadata(context, TOKEN_METADATA_KEY)
         if token is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing account token")
@@ -68,14 +85,18 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
         if request.shard != shard_for(account, len(self._routers)):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "wrong shard for this account")
         if not self._limiter.allow(account):
+            self.metrics.rate_limited.inc()
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                    "rate limit exceeded for this account; slow down and retry")
         router = self._routers[request.shard]
+        started = time.monotonic()
         try:
             return router.forward(request, self._config.deadline_seconds)
         except VaultFailure as failure:
             log.info("shard %d: forward failed: %s", request.shard, failure.code.name)
             _abort(context, failure.code, failure.details)
+        finally:
+            self.metrics.forwarded(started)
 
     def ClusterStatus(
         self, request: services_pb2.ClusterStatusRequest, context: Any
@@ -119,6 +140,8 @@ class ChatDServer:
             self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
+        if self.config.metrics_address:
+            self.service.metrics.serve(self.config.metrics_address)
         self._server.start()
         self.health.start()
         log.info("ChatD (%s) listening on port %d, %d shard(s)",
@@ -132,6 +155,7 @@ class ChatDServer:
         self.health.stop()
         self._server.stop(grace).wait()
         self.service.close()
+        self.service.metrics.close()
 
 
 def _metadata(context: Any, key: str) -> str | None:

@@ -69,6 +69,7 @@ class NodeConfig:
     pkcs11: Pkcs11Settings | None = None  # set: the master key is in a PKCS#11 token
     grpc_listen: str = ""  # where the gRPC server listens; "" means grpc_address
     raft_bind: str = ""  # where Raft accepts peers; "" means raft_address
+    metrics_address: str = ""  # Prometheus scrape endpoint (host:port); "" disables it
 
     def __post_init__(self) -> None:
         # Filled here so every NodeConfig, however built, carries concrete sockets.
@@ -139,6 +140,7 @@ class NodeConfig:
             pkcs11=_pkcs11_settings(r, raw, where),
             grpc_listen=r.optional_address("grpc_listen"),
             raft_bind=r.optional_address("raft_bind"),
+            metrics_address=r.optional_address("metrics_address"),
         )
         cfg._check_peers(where)
         cfg._check_sockets(where)

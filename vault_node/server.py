@@ -19,6 +19,7 @@ from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.health import HealthReporter, can_answer
 from vault_node.hsm import FleetHsm, HsmError
 from vault_node.hsm_pkcs11 import load_master_key
+from vault_node.metrics import VaultMetrics
 from vault_node.replication import RaftConfig, RaftStartupError, ReplicatedVault
 from vault_node.service import VaultService
 from vault_node.sessions import SessionTable
@@ -88,7 +89,9 @@ class VaultNode:
         self._sessions = SessionTable(
             max_sessions=cfg.max_sessions, ttl_seconds=cfg.session_ttl_seconds
         )
-        self.service = VaultService(cfg, prepared.hsm, self._replica, self._sessions)
+        self.metrics = VaultMetrics()
+        self.metrics.watch_raft(self._replica.status)
+        self.service = VaultService(cfg, prepared.hsm, self._replica, self._sessions, self.metrics)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="vault-grpc"),
             options=[
@@ -106,6 +109,12 @@ class VaultNode:
     def start(self) -> None:
         if self._server.add_insecure_port(self.config.grpc_listen) == 0:
             raise StartupError(f"cannot listen on {self.config.grpc_listen}", exit_code=4)
+        if self.config.metrics_address:
+            try:
+                self.metrics.serve(self.config.metrics_address)
+            except OSError as err:
+                msg = f"cannot serve metrics on {self.config.metrics_address}: {err.strerror}"
+                raise StartupError(msg, exit_code=4) from None
         self._server.start()
         self._sweeper.start()
         self.health.start()
@@ -129,6 +138,7 @@ class VaultNode:
             self._sweeper.join(timeout=5.0)
         self._sessions.drain()
         self._replica.close()
+        self.metrics.close()
         log.info("node %s stopped", self.config.node_id)
 
     def _can_answer(self) -> bool:

@@ -16,6 +16,7 @@ the leader measurable CPU), failures and destructions stay INFO.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, NoReturn, Protocol
 
 import grpc
@@ -36,6 +37,7 @@ from bkv_protocol.opaque_messages import (
 from vault_node import state as st
 from vault_node.config import NodeConfig
 from vault_node.hsm import FleetHsm, HsmError, StoredRecord, new_record_id
+from vault_node.metrics import VaultMetrics, outcome_of_error, outcome_of_status
 from vault_node.replication import CommitTimeoutError, NotLeaderError, RaftStatus
 from vault_node.sessions import SESSION_ID_BYTES, LoginSession, SessionTable
 
@@ -76,9 +78,15 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
     """One node's ``Vault`` gRPC service; stateless apart from the session table."""
 
     def __init__(
-        self, config: NodeConfig, hsm: FleetHsm, replica: Replica, sessions: SessionTable
+        self,
+        config: NodeConfig,
+        hsm: FleetHsm,
+        replica: Replica,
+        sessions: SessionTable,
+        metrics: VaultMetrics | None = None,
     ) -> None:
         self._cfg = config
+        self._metrics = metrics
         self._hsm = hsm
         self._replica = replica
         self._sessions = sessions
@@ -86,6 +94,20 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
     # ---- gRPC entry points -------------------------------------------------
 
     def Handle(self, request: pb.SealedRequest, context: grpc.ServicerContext) -> pb.SealedResponse:
+        outcome = "invalid"
+        try:
+            response, outcome = self._handle(request, context)
+            return response
+        except Exception:
+            outcome = outcome_of_status(context.code())
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.request(request.type, outcome)
+
+    def _handle(
+        self, request: pb.SealedRequest, context: grpc.ServicerContext
+    ) -> tuple[pb.SealedResponse, str]:
         account, shard, mtype = request.account, request.shard, request.type
         _check_envelope(account, shard, mtype, self._cfg.shard, context)
         if not self._replica.is_leader():
@@ -111,7 +133,8 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         sealed = sealing.seal_reply(
             client.response_key, account, shard, mtype, reply.SerializeToString()
         )
-        return pb.SealedResponse(sealed=sealed)
+        outcome = outcome_of_error(reply.error.code) if reply.HasField("error") else "ok"
+        return pb.SealedResponse(sealed=sealed), outcome
 
     def Status(
         self, request: services_pb2.StatusRequest, context: grpc.ServicerContext
@@ -281,7 +304,11 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             log.warning("could not commit destruction for %s now", account_id.hex()[:12])
 
     def _submit(self, command: st.Command) -> st.ApplyResult:
-        return self._replica.submit(command, timeout=self._cfg.commit_timeout_seconds)
+        started = time.monotonic()
+        result = self._replica.submit(command, timeout=self._cfg.commit_timeout_seconds)
+        if self._metrics is not None:
+            self._metrics.committed(command, result, started)
+        return result
 
     def _abort_not_leader(self, context: Any, raft_leader: str | None) -> NoReturn:
         peer = self._cfg.peer_by_raft_address(raft_leader)
