@@ -30,8 +30,8 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not chaos"
 
 lint: $(STAMP)
-	$(BIN)/ruff check bkv_protocol vault_node chatd_proxy client_sdk tests scripts
-	$(BIN)/mypy bkv_protocol vault_node chatd_proxy client_sdk
+	$(BIN)/ruff check bkv_protocol bkv_ops vault_node chatd_proxy client_sdk tests scripts
+	$(BIN)/mypy bkv_protocol bkv_ops vault_node chatd_proxy client_sdk
 
 bench: $(STAMP)
 	$(BIN)/bkv bench opaque

@@ -13,26 +13,21 @@ serving). Shutdown turns ChatD NOT_SERVING for good.
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bkv_ops.health import NOT_SERVING, OVERALL, SERVING, HealthReporter
 from chatd_proxy.routing import CHANNEL_OPTIONS, ShardRouter
-
-log = logging.getLogger("bkv.chatd.health")
 
 CHATD_SERVICE_NAME = "bkv.v1.ChatD"
 VAULT_SERVICE_NAME = "bkv.v1.Vault"
-SERVICE_NAMES = (health.OVERALL_HEALTH, CHATD_SERVICE_NAME)
+SERVICE_NAMES = (OVERALL, CHATD_SERVICE_NAME)
 HEALTH_INTERVAL_SECONDS = 1.0
 RECOVERY_INTERVAL_SECONDS = 0.25  # while NOT_SERVING: notice a new leader soon
 PROBE_TIMEOUT_SECONDS = 0.5
-SERVING: int = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+__all__ = ["NOT_SERVING", "SERVING", "ChatDHealth", "ShardProbe"]
 
 
 class ShardProbe:
@@ -74,7 +69,7 @@ class ShardProbe:
         return found
 
 
-class ChatDHealth:
+class ChatDHealth(HealthReporter):
     """Publishes "every shard has a reachable leader" as ChatD's health status."""
 
     def __init__(
@@ -84,50 +79,16 @@ class ChatDHealth:
         recovery_interval: float = RECOVERY_INTERVAL_SECONDS,
     ) -> None:
         self._probes = [ShardProbe(r) for r in routers]
-        self._interval = interval
-        self._recovery_interval = recovery_interval
-        self.servicer: Any = health.HealthServicer()
-        self._status = NOT_SERVING
-        for name in SERVICE_NAMES:  # the servicer starts with "" SERVING: not yet known
-            self.servicer.set(name, NOT_SERVING)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="chatd-health", daemon=True)
-
-    @property
-    def serving(self) -> bool:
-        return self._status == SERVING
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def update(self) -> None:
-        """Probe every shard once and publish the result if it changed."""
-        try:
-            ok = all(probe.has_leader() for probe in self._probes)
-        except Exception:  # a failed round means "can't tell", never a dead thread
-            log.exception("health probe failed")
-            ok = False
-        status = SERVING if ok else NOT_SERVING
-        if status == self._status or self._stop.is_set():
-            return
-        self._status = status
-        for name in SERVICE_NAMES:
-            self.servicer.set(name, status)
-        log.info("health: %s", "SERVING" if ok else "NOT_SERVING")
+        super().__init__(
+            lambda: all(probe.has_leader() for probe in self._probes),
+            SERVICE_NAMES,
+            interval,
+            recovery_interval,
+            thread_name="chatd-health",
+        )
 
     def stop(self) -> None:
         """NOT_SERVING from now on; stop probing and close the probe channels."""
-        self._stop.set()
-        self._status = NOT_SERVING
-        self.servicer.enter_graceful_shutdown()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
+        super().stop()
         for probe in self._probes:
             probe.close()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.update()
-            pause = self._interval if self.serving else self._recovery_interval
-            if self._stop.wait(pause):
-                return

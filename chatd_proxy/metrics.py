@@ -8,20 +8,20 @@ refusals and forwarding latency. No label ever carries an account or a token.
 from __future__ import annotations
 
 import time
-from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from bkv_ops.metrics import LATENCY_BUCKETS, MetricsEndpoint
 
 _STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode)
 
 
-class ChatDMetrics:
+class ChatDMetrics(MetricsEndpoint):
     """Counters and the forwarding histogram; safe to update from any thread."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self._http: WSGIServer | None = None
+        super().__init__(registry)
         self.requests = Counter(
             "bkv_chatd_requests",
             "ChatD.Forward calls by final gRPC status",
@@ -41,7 +41,7 @@ class ChatDMetrics:
         self.forward_seconds = Histogram(
             "bkv_chatd_forward_seconds",
             "Time to relay one envelope to the shard leader and back",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
 
@@ -52,15 +52,3 @@ class ChatDMetrics:
 
     def forwarded(self, started: float) -> None:
         self.forward_seconds.observe(time.monotonic() - started)
-
-    def serve(self, address: str) -> None:
-        """Start the scrape endpoint on ``host:port`` (a daemon thread)."""
-        host, _, port = address.rpartition(":")
-        self._http, _ = start_http_server(int(port), addr=host, registry=self.registry)
-
-    def close(self) -> None:
-        """Stop the scrape endpoint, if one was started."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

@@ -11,23 +11,17 @@ and load balancers route around it. A daemon thread re-evaluates the state every
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
-from typing import Any
 
-from grpc_health.v1 import health, health_pb2
-
+from bkv_ops.health import NOT_SERVING, OVERALL, SERVING, HealthReporter
 from vault_node.config import NodeConfig
 from vault_node.replication import ReplicatedVault
 
-log = logging.getLogger("bkv.vault.health")
-
 VAULT_SERVICE_NAME = "bkv.v1.Vault"
-SERVICE_NAMES = (health.OVERALL_HEALTH, VAULT_SERVICE_NAME)
+SERVICE_NAMES = (OVERALL, VAULT_SERVICE_NAME)
 HEALTH_INTERVAL_SECONDS = 0.5
-SERVING: int = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+
+__all__ = ["NOT_SERVING", "SERVING", "HealthReporter", "can_answer", "vault_health"]
 
 
 def can_answer(cfg: NodeConfig, replica: ReplicatedVault) -> bool:
@@ -42,59 +36,6 @@ def can_answer(cfg: NodeConfig, replica: ReplicatedVault) -> bool:
     return replica.leader_reachable()
 
 
-class HealthReporter:
-    """Publishes ``check()`` as the status of ``services``, re-evaluated periodically.
-
-    Watchers are notified only on a change, so a stable node sends nothing.
-    """
-
-    def __init__(
-        self,
-        check: Callable[[], bool],
-        services: tuple[str, ...] = SERVICE_NAMES,
-        interval: float = HEALTH_INTERVAL_SECONDS,
-    ) -> None:
-        self._check = check
-        self._services = services
-        self._interval = interval
-        self.servicer: Any = health.HealthServicer()
-        self._status = NOT_SERVING
-        for name in services:  # the servicer starts with "" SERVING: not yet true
-            self.servicer.set(name, NOT_SERVING)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vault-health", daemon=True)
-
-    @property
-    def serving(self) -> bool:
-        return self._status == SERVING
-
-    def start(self) -> None:
-        self.update()
-        self._thread.start()
-
-    def update(self) -> None:
-        """Evaluate ``check`` once and publish the result if it changed."""
-        try:
-            ok = bool(self._check())
-        except Exception:  # a failing check means "can't answer", never a dead thread
-            log.exception("health check failed")
-            ok = False
-        status = SERVING if ok else NOT_SERVING
-        if status == self._status or self._stop.is_set():
-            return
-        self._status = status
-        for name in self._services:
-            self.servicer.set(name, status)
-        log.info("health: %s", "SERVING" if ok else "NOT_SERVING")
-
-    def stop(self) -> None:
-        """NOT_SERVING from now on (also for late ``update`` calls); stop the thread."""
-        self._stop.set()
-        self._status = NOT_SERVING
-        self.servicer.enter_graceful_shutdown()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.update()
+def vault_health(check: Callable[[], bool]) -> HealthReporter:
+    """The reporter a vault node registers: ``""`` and ``bkv.v1.Vault``."""
+    return HealthReporter(check, SERVICE_NAMES, HEALTH_INTERVAL_SECONDS, thread_name="vault-health")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bkv_api.v1 import envelope_pb2 as pb
+from bkv_ops.metrics import LATENCY_BUCKETS, MetricsEndpoint
 from vault_node import state as st
 from vault_node.replication import RaftStatus
 
@@ -78,12 +78,11 @@ class _RaftCollector(Collector):
         yield GaugeMetricFamily("bkv_vault_accounts", "Accounts in the state", value=s.accounts)
 
 
-class VaultMetrics:
+class VaultMetrics(MetricsEndpoint):
     """The node's counters and histograms; cheap to update from any thread."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self._http: WSGIServer | None = None
+        super().__init__(registry)
         self.requests = Counter(
             "bkv_vault_requests",
             "Vault.Handle calls by protocol step and outcome",
@@ -103,7 +102,7 @@ class VaultMetrics:
         self.commit_seconds = Histogram(
             "bkv_raft_commit_seconds",
             "Time for a command to commit and apply through Raft",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         for step in STEPS.values():  # export zeros, so dashboards see every series
@@ -128,15 +127,3 @@ class VaultMetrics:
         # BeginAttempt on an already-destroyed record reports none (attempts == 0).
         if result.outcome == st.Outcome.DESTROYED and result.attempts > 0:
             self.deposits_destroyed.inc()
-
-    def serve(self, address: str) -> None:
-        """Start the scrape endpoint on ``host:port`` (a daemon thread)."""
-        host, _, port = address.rpartition(":")
-        self._http, _ = start_http_server(int(port), addr=host, registry=self.registry)
-
-    def close(self) -> None:
-        """Stop the scrape endpoint, if one was started."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

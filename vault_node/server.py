@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from bkv_api.v1 import services_pb2_grpc
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
-from vault_node.health import HealthReporter, can_answer
+from vault_node.health import can_answer, vault_health
 from vault_node.hsm import FleetHsm, HsmError
 from vault_node.hsm_pkcs11 import load_master_key
 from vault_node.metrics import VaultMetrics
@@ -101,7 +101,7 @@ class VaultNode:
             ],
         )
         services_pb2_grpc.add_VaultServicer_to_server(self.service, self._server)
-        self.health = HealthReporter(self._can_answer)
+        self.health = vault_health(self._can_answer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="vault-sweeper", daemon=True)

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client_sdk import compose_layout
 from tests.vault.conftest import NODE_CMD, Cluster, clean_env, init_fleet, write_node_configs
-from vault_node.health import NOT_SERVING, SERVING, HealthReporter
+from vault_node.health import NOT_SERVING, SERVING, vault_health
 
 SERVICES = ("", "bkv.v1.Vault")
 WAIT_SECONDS = 10.0
@@ -107,7 +107,7 @@ def restart(cluster: Cluster, grpc_address: str) -> None:
 
 def test_reporter_publishes_changes_and_stays_down_after_stop() -> None:
     state = {"ok": False}
-    reporter = HealthReporter(lambda: state["ok"], interval=60.0)
+    reporter = vault_health(lambda: state["ok"])
     request = health_pb2.HealthCheckRequest(service="bkv.v1.Vault")
 
     class Context:
@@ -134,7 +134,7 @@ def test_failing_check_means_not_serving() -> None:
         calls.append(1)
         raise RuntimeError("replica gone")
 
-    reporter = HealthReporter(broken, interval=60.0)
+    reporter = vault_health(broken)
     reporter.update()
     assert calls and not reporter.serving
     reporter.stop()
