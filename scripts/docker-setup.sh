@@ -119,7 +119,7 @@ step_wheelhouse() {
     local src
     src="$(mktemp -d /tmp/bkv-src.XXXXXX)"
     trap "rm -rf '$src'" EXIT
-    (cd "$ROOT" && cp -R pyproject.toml setup.py README.md protos bkv_protocol vault_node \
+    (cd "$ROOT" && cp -R pyproject.toml setup.py README.md protos bkv_protocol bkv_ops vault_node \
         chatd_proxy client_sdk "$src/")
     mkdir -p "$src/scripts" "$out"
     cp "$ROOT/scripts/gen_protos.py" "$src/scripts/"
