@@ -33,6 +33,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check bkv_protocol bkv_ops vault_node chatd_proxy client_sdk tests scripts
 	$(BIN)/mypy bkv_protocol bkv_ops vault_node chatd_proxy client_sdk
 
+# Coverage-guided fuzzing (atheris) of every untrusted-input parser, one process per
+# target; `make test` runs all targets together for a few seconds. Findings: crash-*
+# inputs in build/fuzz/.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/run.py --target all --seconds $(FUZZ_SECONDS) --artifacts build/fuzz
+
 bench: $(STAMP)
 	$(BIN)/bkv bench opaque
 	$(BIN)/bkv bench files
@@ -64,3 +72,13 @@ deploy-up: $(STAMP)
 # Stops and removes the containers; node volumes (the vault's data) are kept.
 deploy-down:
 	$(COMPOSE) down
+
+# ---- chaos suite (tests/chaos/): faults on a schedule against the compose cluster ----
+.PHONY: chaos
+
+# Installs and starts the container engine when missing (fails loudly when it cannot),
+# then the suite builds the image offline, runs a workload under 100+ faults, checks
+# the history and prints a summary (copied to build/chaos/). About 15 minutes.
+chaos: $(STAMP)
+	bash scripts/docker-setup.sh engine daemon
+	BKV_CHAOS_REQUIRE_ENGINE=1 $(BIN)/python -m pytest -q -m chaos tests/chaos

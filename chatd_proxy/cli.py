@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from bkv_ops.logs import LOG_FORMATS, configure_logging, pick_format
 from chatd_proxy.config import ChatDConfig, ConfigError
 
 
@@ -22,23 +23,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                        help="json lines or text (default: the config's log_format, else "
+                             "text on a terminal and json otherwise)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
     try:
         config = ChatDConfig.load(args.config)
     except ConfigError as err:
         print(f"bkv-chatd: {err}", file=sys.stderr)
         return 2
+    configure_logging(pick_format(args.log_format, config.log_format), level,
+                      service="chatd", node=f"chatd-{config.datacenter}")
+    from bkv_ops.tls import TlsError
     from chatd_proxy.server import ChatDServer  # gRPC only once the config is good
 
-    server = ChatDServer(config)
     try:
+        server = ChatDServer(config)
         server.start()
-    except OSError as err:
+    except (OSError, TlsError) as err:
         print(f"bkv-chatd: {err}", file=sys.stderr)
         return 4
     stopping = threading.Event()

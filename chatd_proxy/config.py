@@ -17,10 +17,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    """Token bucket per account: sustained rate and burst size."""
+    """Token buckets per account and per client address: sustained rate and burst size.
+
+    The address defaults leave room for many users behind one NAT (a carrier or
+    an office) while still capping one host's flood well below the vault's capacity.
+    """
 
     per_account_per_second: float = 20.0
     burst: int = 40
+    per_address_per_second: float = 500.0
+    address_burst: int = 1000
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,13 @@ class ChatDConfig:
     deadline_seconds: float = 5.0
     rate_limit: RateLimitConfig = RateLimitConfig()
     metrics_address: str = ""  # Prometheus scrape endpoint (host:port); "" disables it
+    status_address: str = ""  # read-only HTTP status page (host:port); "" disables it
+    log_format: str = ""  # "json" | "text"; "" picks text on a terminal, json otherwise
+    # TLS (all three or none): this certificate serves devices and is shown to vault
+    # nodes (mutual TLS); vault nodes must present a vault-node certificate of tls_ca_file
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
 
     @classmethod
     def load(cls, path: Path) -> ChatDConfig:
@@ -51,7 +64,8 @@ class ChatDConfig:
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> ChatDConfig:
         known = {"listen", "datacenter", "token_public_key", "deadline_seconds", "rate_limit",
-                 "shards", "metrics_address"}
+                 "shards", "metrics_address", "status_address", "log_format",
+                 "tls_cert_file", "tls_key_file", "tls_ca_file"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}")
@@ -79,19 +93,37 @@ class ChatDConfig:
             deadline_seconds=float(deadline),
             rate_limit=_rate_limit(raw.get("rate_limit", {})),
             metrics_address=_metrics_address(raw.get("metrics_address")),
+            status_address=_optional_address(raw.get("status_address"), "status_address"),
+            log_format=_log_format(raw.get("log_format", "")),
+            **_tls_files(raw),
         )
 
 
 def _rate_limit(raw: object) -> RateLimitConfig:
     if not isinstance(raw, dict):
         raise ConfigError("[rate_limit] must be a table")
-    rate = raw.get("per_account_per_second", 20.0)
-    burst = raw.get("burst", 40)
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
-        raise ConfigError("rate_limit.per_account_per_second must be a positive number")
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        raise ConfigError("rate_limit.burst must be a positive integer")
-    return RateLimitConfig(per_account_per_second=float(rate), burst=burst)
+    defaults = RateLimitConfig()
+    unknown = sorted(set(raw) - {"per_account_per_second", "burst", "per_address_per_second",
+                                 "address_burst"})
+    if unknown:
+        raise ConfigError(f"unknown key rate_limit.{unknown[0]}")
+    rate = raw.get("per_account_per_second", defaults.per_account_per_second)
+    burst = raw.get("burst", defaults.burst)
+    address_rate = raw.get("per_address_per_second", defaults.per_address_per_second)
+    address_burst = raw.get("address_burst", defaults.address_burst)
+    for name, value in (("per_account_per_second", rate),
+                        ("per_address_per_second", address_rate)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"rate_limit.{name} must be a positive number")
+    for name, value in (("burst", burst), ("address_burst", address_burst)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"rate_limit.{name} must be a positive integer")
+    return RateLimitConfig(
+        per_account_per_second=float(rate),
+        burst=burst,
+        per_address_per_second=float(address_rate),
+        address_burst=address_burst,
+    )
 
 
 def _shards(raw: object) -> tuple[tuple[str, ...], ...]:
@@ -124,6 +156,29 @@ def _metrics_address(value: object) -> str:
     if address.endswith(":0"):
         raise ConfigError("metrics_address needs a fixed port (scrapers must find it)")
     return address
+
+
+def _tls_files(raw: dict[str, Any]) -> dict[str, Path | None]:
+    keys = ("tls_cert_file", "tls_key_file", "tls_ca_file")
+    files: dict[str, Path | None] = {}
+    for key in keys:
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{key} must be a file path")
+        files[key] = Path(value) if value else None
+    if any(files.values()) and not all(files.values()):
+        raise ConfigError("tls_cert_file, tls_key_file and tls_ca_file go together")
+    return files
+
+
+def _optional_address(value: object, what: str) -> str:
+    return "" if value is None else _address(value, what)
+
+
+def _log_format(value: object) -> str:
+    if value not in ("", "json", "text"):
+        raise ConfigError('log_format must be "json" or "text"')
+    return str(value)
 
 
 def _address(value: object, what: str) -> str:

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv_ops.health import NOT_SERVING, OVERALL, SERVING, HealthReporter
+from bkv_ops.tls import open_channel
 from chatd_proxy.routing import CHANNEL_OPTIONS, ShardRouter
 
 CHATD_SERVICE_NAME = "bkv.v1.ChatD"
@@ -38,8 +39,7 @@ class ShardProbe:
         self._timeout = timeout
         self._last_good: str | None = None
         # the router's short reconnect backoff: a node that comes back is seen within a second
-        self._channels = {a: grpc.insecure_channel(a, options=CHANNEL_OPTIONS)
-                          for a in router.nodes}
+        self._channels = {a: open_channel(a, router.tls, CHANNEL_OPTIONS) for a in router.nodes}
         self._stubs = {a: health_pb2_grpc.HealthStub(ch) for a, ch in self._channels.items()}
 
     def close(self) -> None:

@@ -35,7 +35,13 @@ class ChatDMetrics(MetricsEndpoint):
         )
         self.rate_limited = Counter(
             "bkv_chatd_rate_limited",
-            "Requests refused by the per-account rate limit",
+            "Requests refused by a rate limit (per account or per client address)",
+            registry=self.registry,
+        )
+        self.rate_limited_by = Counter(
+            "bkv_chatd_rate_limit_refusals",
+            "Requests refused, by which limit refused them",
+            ["limit"],
             registry=self.registry,
         )
         self.forward_seconds = Histogram(
@@ -49,6 +55,11 @@ class ChatDMetrics(MetricsEndpoint):
         """Count one Forward by its final status (``None`` means OK)."""
         name = "OK" if code is None else getattr(code, "name", "UNKNOWN")
         self.requests.labels(outcome=name if name in _STATUS_NAMES else "UNKNOWN").inc()
+
+    def refused(self, limit: str) -> None:
+        """Count one rate-limit refusal; ``limit`` is ``"address"`` or ``"account"``."""
+        self.rate_limited.inc()
+        self.rate_limited_by.labels(limit=limit).inc()
 
     def forwarded(self, started: float) -> None:
         self.forward_seconds.observe(time.monotonic() - started)

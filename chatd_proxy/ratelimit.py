@@ -1,7 +1,9 @@
-"""Per-account token buckets, so one account can't flood the vault (or its own guesses).
+"""Token buckets per account and per client address, so no one can flood the vault.
 
-Buckets are keyed by a keyed hash of the account, never the account itself,
-and the table is bounded: idle (full) buckets are swept once it grows.
+Buckets are keyed by a keyed hash of the account (or address), never the value
+itself, and the table is bounded: idle (full) buckets are swept once it grows.
+The per-address bucket is checked before any token is verified, so a flood of
+unauthenticated or many-account requests from one host is refused cheaply.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import unquote
 
 MAX_BUCKETS = 100_000
 
@@ -37,7 +40,7 @@ class RateLimiter:
         self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (tokens, last refill)
 
     def allow(self, account: str) -> bool:
-        """Take one token for ``account``; False when its bucket is empty."""
+        """Take one token for ``account`` (or any key); False when its bucket is empty."""
         key = hashlib.blake2b(account.encode("utf-8"), key=self._salt, digest_size=16).digest()
         now = self._clock()
         with self._lock:
@@ -65,3 +68,24 @@ class RateLimiter:
             oldest = sorted(self._buckets, key=lambda k: self._buckets[k][1])
             for key in oldest[: len(self._buckets) - self._max]:
                 del self._buckets[key]
+
+
+def client_address(peer: str) -> str:
+    """The host part of a gRPC peer string, so every connection of one host shares a bucket.
+
+    ``ipv4:1.2.3.4:5678`` -> ``1.2.3.4``, ``ipv6:[::1]:5678`` -> ``::1``; unix
+    sockets and anything unrecognised share one bucket per scheme (a local
+    front end is one client).
+    """
+    scheme, sep, rest = peer.partition(":")
+    rest = unquote(rest)  # gRPC percent-encodes brackets and zone ids in ipv6 peers
+    if not sep:
+        return "unknown"
+    if scheme == "ipv4":
+        host = rest.rpartition(":")[0]
+        return host or rest or "ipv4"
+    if scheme == "ipv6":
+        host = rest.rpartition(":")[0] if rest.startswith("[") else rest
+        host = host.strip("[]").partition("%")[0]  # zone ids are per-interface, not per-host
+        return host.lower() or "ipv6"
+    return scheme  # "unix", "unix-abstract", ...

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from bkv_api.v1 import envelope_pb2, services_pb2, services_pb2_grpc
+from bkv_ops.tls import ClientTls, open_channel
 
 log = logging.getLogger("bkv.chatd.routing")
 
@@ -52,16 +53,21 @@ class ShardRouter:
     """Sends envelopes of one shard to its leader; thread-safe."""
 
     def __init__(
-        self, shard: int, nodes: Sequence[str], on_retry: Callable[[], None] | None = None
+        self,
+        shard: int,
+        nodes: Sequence[str],
+        on_retry: Callable[[], None] | None = None,
+        *,
+        tls: ClientTls | None = None,
     ) -> None:
         self.shard = shard
+        self.tls = tls  # set: mutual TLS to the nodes, which must show a vault-node certificate
         self._on_retry = on_retry  # told of every try after the first (metrics)
         self.nodes = tuple(nodes)
         self._lock = threading.Lock()
         self._leader: str | None = None
         self._next = 0
-        self._channels = {addr: grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-                          for addr in self.nodes}
+        self._channels = {addr: open_channel(addr, tls, CHANNEL_OPTIONS) for addr in self.nodes}
         self._stubs = {addr: services_pb2_grpc.VaultStub(ch) for addr, ch in self._channels.items()}
 
     def close(self) -> None:

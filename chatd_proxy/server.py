@@ -12,20 +12,24 @@ from __future__ import annotations
 import logging
 import time
 from concurrent import futures
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from bkv_api.v1 import envelope_pb2, services_pb2, services_pb2_grpc
+from bkv_ops.tls import VAULT_SERVER_NAME, ClientTls, ServerTls, TlsError
 from bkv_protocol.errors import ProtocolError
 from bkv_protocol.sharding import shard_for
 from chatd_proxy.config import ChatDConfig
 from chatd_proxy.health import ChatDHealth
 from chatd_proxy.metrics import ChatDMetrics
-from chatd_proxy.ratelimit import RateLimiter
+from chatd_proxy.ratelimit import RateLimiter, client_address
 from chatd_proxy.routing import MAX_MESSAGE_BYTES, ShardRouter, VaultFailure
 from chatd_proxy.tokencache import VerifiedTokenCache
+
+if TYPE_CHECKING:
+    from chatd_proxy.status_page import StatusPage
 
 log = logging.getLogger("bkv.chatd")
 
@@ -43,11 +47,14 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
         self.metrics = metrics if metrics is not None else ChatDMetrics()
         self._tokens = VerifiedTokenCache(config.token_public_key)
         self._routers = [
-            ShardRouter(i, nodes, self.metrics.retries.inc)
+            ShardRouter(i, nodes, self.metrics.retries.inc, tls=vault_tls(config))
             for i, nodes in enumerate(config.shards)
         ]
         self._limiter = RateLimiter(
             config.rate_limit.per_account_per_second, config.rate_limit.burst
+        )
+        self._address_limiter = RateLimiter(
+            config.rate_limit.per_address_per_second, config.rate_limit.address_burst
         )
 
     @property
@@ -72,6 +79,7 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
     def _forward(
         self, request: envelope_pb2.SealedRequest, context: Any
     ) -> envelope_pb2.SealedResponse:
+        self._check_address(context)  # before any signature check: a hash, not a verify
         token = _metadata(context, TOKEN_METADATA_KEY)
         if token is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing account token")
@@ -85,7 +93,7 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
         if request.shard != shard_for(account, len(self._routers)):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "wrong shard for this account")
         if not self._limiter.allow(account):
-            self.metrics.rate_limited.inc()
+            self.metrics.refused("account")
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                    "rate limit exceeded for this account; slow down and retry")
         router = self._routers[request.shard]
@@ -101,15 +109,27 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
     def ClusterStatus(
         self, request: services_pb2.ClusterStatusRequest, context: Any
     ) -> services_pb2.ClusterStatusReply:
-        del request, context
+        del request
+        self._check_address(context)  # one call fans out to every vault node
         reply = services_pb2.ClusterStatusReply()
-        for router in self._routers:
-            for address, status in router.status(STATUS_TIMEOUT_SECONDS):
-                if status is None:
-                    reply.unreachable.append(address)
-                else:
-                    reply.nodes.append(status)
+        for address, status in self.node_statuses():
+            if status is None:
+                reply.unreachable.append(address)
+            else:
+                reply.nodes.append(status)
         return reply
+
+    def _check_address(self, context: Any) -> None:
+        """Refuse with RESOURCE_EXHAUSTED once the caller's host has spent its bucket."""
+        if not self._address_limiter.allow(client_address(str(context.peer()))):
+            self.metrics.refused("address")
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   "rate limit exceeded for this client address; slow down and retry")
+
+    def node_statuses(self) -> list[tuple[str, services_pb2.NodeStatus | None]]:
+        """Every vault node's address and ``Status`` (None if it did not answer), by shard."""
+        return [entry for router in self._routers
+                for entry in router.status(STATUS_TIMEOUT_SECONDS)]
 
 
 class ChatDServer:
@@ -131,17 +151,27 @@ class ChatDServer:
         self.health = ChatDHealth(self.service.routers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         self.port = 0
+        self.status_page: StatusPage | None = None
+        self.status_port = 0
 
     def start(self) -> int:
         """Bind the configured address (port 0 picks one); return the bound port."""
+        credentials = _server_credentials(self.config)
         try:
-            self.port = self._server.add_insecure_port(self.config.listen)
+            self.port = (self._server.add_insecure_port(self.config.listen) if credentials is None
+                         else self._server.add_secure_port(self.config.listen, credentials))
         except RuntimeError:
             self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         if self.config.metrics_address:
             self.service.metrics.serve(self.config.metrics_address)
+        if self.config.status_address:
+            from chatd_proxy.status_page import StatusPage
+
+            self.status_page = StatusPage(self.service.node_statuses,
+                                          self.service.metrics.requests, self.config.datacenter)
+            self.status_port = self.status_page.serve(self.config.status_address)
         self._server.start()
         self.health.start()
         log.info("ChatD (%s) listening on port %d, %d shard(s)",
@@ -156,6 +186,31 @@ class ChatDServer:
         self._server.stop(grace).wait()
         self.service.close()
         self.service.metrics.close()
+        if self.status_page is not None:
+            self.status_page.close()
+
+
+def vault_tls(config: ChatDConfig) -> ClientTls | None:
+    """Mutual TLS towards the vault nodes, or None (plaintext) when no TLS files are set.
+
+    The name checked is the vault-node role's, not the dialled address: only a
+    certificate the cluster CA issued to a vault node passes, whatever its address.
+    """
+    if config.tls_ca_file is None:
+        return None
+    return ClientTls(config.tls_ca_file, config.tls_cert_file, config.tls_key_file,
+                     VAULT_SERVER_NAME)
+
+
+def _server_credentials(config: ChatDConfig) -> grpc.ServerCredentials | None:
+    """TLS for devices (no client certificate asked); OSError on unusable files."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    try:
+        return ServerTls(config.tls_cert_file, config.tls_key_file).credentials(
+            require_client_auth=False)
+    except TlsError as err:
+        raise OSError(str(err)) from None
 
 
 def _metadata(context: Any, key: str) -> str | None:

@@ -30,14 +30,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv_api.v1 import services_pb2, services_pb2_grpc
+from bkv_ops import tls
 from bkv_protocol import tokens
+from client_sdk.cluster_status import NodeIdentity, format_table, rows_from_reply
 from client_sdk.config import ClientConfig
 from client_sdk.launcher_layout import (
     CHATD_BURST,
@@ -51,12 +53,18 @@ from client_sdk.launcher_layout import (
     init_fleet,
 )
 
+if TYPE_CHECKING:
+    from bkv_ops.tls_certs import Identity
+
 GRPC_PORT = 7100
 RAFT_PORT = 7200
 CHATD_PORT = 7001
 IN_CONTAINER_SECRETS = Path("/run/bkv")
 IN_CONTAINER_DATA = Path("/var/lib/bkv/data")
 HEALTH_TIMEOUT_SECONDS = 3.0
+IN_CONTAINER_TLS = IN_CONTAINER_SECRETS / "tls"  # the service's own certificate folder
+IN_CONTAINER_PROBE = IN_CONTAINER_SECRETS / "probe"  # the health probe's (vault nodes)
+PROBE_CERT_NAME = "probe"
 LISTEN_HOST = "0.0.0.0"  # noqa: S104 (inside a container, on its private networks)
 
 
@@ -75,8 +83,12 @@ def port_variable(chatd: str) -> str:
     return "BKV_" + chatd.upper().replace("-", "_") + "_PORT"
 
 
-def node_config(name: str, datacenter: str, attempt_limit: int) -> dict[str, Any]:
-    """One vault node's TOML content (single shard), with in-container paths."""
+def node_config(name: str, datacenter: str, attempt_limit: int,
+                allow_identity_ksf: bool = False) -> dict[str, Any]:
+    """One vault node's TOML content (single shard), with in-container paths.
+
+    ``allow_identity_ksf`` is for test deployments only (fast fault-injection runs).
+    """
     peers = [{"node_id": n, "datacenter": dc, "raft_address": f"{n}:{RAFT_PORT}",
               "grpc_address": f"{n}:{GRPC_PORT}"} for n, dc in node_names()]
     return {
@@ -92,6 +104,8 @@ def node_config(name: str, datacenter: str, attempt_limit: int) -> dict[str, Any
         "master_key_file": str(IN_CONTAINER_SECRETS / "master_key"),
         "transport_secret_file": str(IN_CONTAINER_SECRETS / "transport_secret"),
         "attempt_limit": attempt_limit,
+        "allow_identity_ksf": allow_identity_ksf,
+        "log_format": "json",
         "peers": peers,
     }
 
@@ -105,11 +119,37 @@ def chatd_config(datacenter: str, token_public_key: bytes) -> dict[str, Any]:
         "deadline_seconds": CHATD_DEADLINE_SECONDS,
         "rate_limit": {"per_account_per_second": CHATD_RATE_PER_SECOND, "burst": CHATD_BURST},
         "shards": [{"id": 0, "nodes": [f"{n}:{GRPC_PORT}" for n, _ in node_names()]}],
+        "log_format": "json",
     }
 
 
-def prepare(state_dir: Path, *, attempt_limit: int = 10) -> ClientConfig:
-    """Create what is missing in ``state_dir`` (secrets and fleet once), rewrite the configs."""
+def tls_identities() -> list[Identity]:
+    """Certificates of the deployment: nodes by service name, ChatDs also for the host's
+    published ports (127.0.0.1, localhost), and the vault nodes' health probe."""
+    from bkv_ops.tls_certs import Identity  # certificate code only where it is made
+
+    ids = [Identity(tls.ROLE_VAULT_NODE, n, (n,)) for n, _ in node_names()]
+    ids += [Identity(tls.ROLE_CHATD, n, (n, "localhost"), ("127.0.0.1",))
+            for n, _ in chatd_names()]
+    ids.append(Identity(tls.ROLE_OPS, PROBE_CERT_NAME))
+    return ids
+
+
+def _tls_keys() -> dict[str, str]:
+    return {"tls_cert_file": str(IN_CONTAINER_TLS / tls.CERT_FILE),
+            "tls_key_file": str(IN_CONTAINER_TLS / tls.KEY_FILE),
+            "tls_ca_file": str(IN_CONTAINER_TLS / tls.CA_FILE)}
+
+
+def prepare(state_dir: Path, *, attempt_limit: int = 10,
+            allow_identity_ksf: bool = False, use_tls: bool = True,
+            keep_ca_key: bool = True) -> ClientConfig:
+    """Create what is missing in ``state_dir`` (secrets and fleet once), rewrite the configs.
+
+    ``use_tls`` (the default, and what ``deploy/docker-compose.yml`` expects): the
+    certificates in ``tls/`` are made once; nodes serve mutual TLS, ChatDs TLS, and
+    ``client.toml`` names the CA. ``keep_ca_key=False`` discards the CA key.
+    """
     state_dir = state_dir.expanduser().resolve()
     for sub in ("config", "fleet"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -127,16 +167,25 @@ def prepare(state_dir: Path, *, attempt_limit: int = 10) -> ClientConfig:
     if "fleet_public_key" not in layout:
         layout["fleet_public_key"] = init_fleet(state_dir)
     layout_path.write_text(json.dumps(layout, indent=2) + "\n", "utf-8")
+    if use_tls:
+        try:
+            from bkv_ops.tls_certs import ensure_bundle
+
+            ensure_bundle(state_dir / "tls", tls_identities(), keep_ca_key=keep_ca_key)
+        except (tls.TlsError, OSError) as err:
+            raise LauncherError(f"cannot create certificates: {err}") from None
+    tls_keys = _tls_keys() if use_tls else {}
 
     config_dir = state_dir / "config"
     for name, dc in node_names():
-        toml = tomli_w.dumps(node_config(name, dc, int(layout["attempt_limit"])))
+        toml = tomli_w.dumps(node_config(name, dc, int(layout["attempt_limit"]),
+                                         allow_identity_ksf) | tls_keys)
         (config_dir / f"{name}.toml").write_text(toml, "utf-8")
     signing = bytes.fromhex(
         (state_dir / "secrets" / "token-signing.key").read_text("ascii").strip()
     )
     for name, dc in chatd_names():
-        toml = tomli_w.dumps(chatd_config(dc, tokens.public_key_from(signing)))
+        toml = tomli_w.dumps(chatd_config(dc, tokens.public_key_from(signing)) | tls_keys)
         (config_dir / f"{name}.toml").write_text(toml, "utf-8")
     env = f"BKV_STATE={state_dir}\n" + "".join(
         f"{port_variable(n)}={layout['ports'][n]}\n" for n, _ in chatd_names())
@@ -147,15 +196,31 @@ def prepare(state_dir: Path, *, attempt_limit: int = 10) -> ClientConfig:
         chatd=[f"127.0.0.1:{layout['ports'][n]}" for n, _ in chatd_names()],
         deadline_seconds=CLIENT_DEADLINE_SECONDS,
         token_signing_key_file=state_dir / "secrets" / "token-signing.key",
+        ca_file=state_dir / "tls" / tls.CA_FILE if use_tls else None,
+        tls_server_name=tls.CHATD_SERVER_NAME if use_tls else None,
     )
     client.save(state_dir / "client.toml")
     return client
 
 
-def healthy(kind: str, address: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
+def probe_tls(kind: str, tls_dir: Path | None) -> tls.ClientTls | None:
+    """The probe's TLS: for a node, the ops certificate in ``tls_dir``; for a ChatD, its CA."""
+    if tls_dir is None:
+        return None
+    if kind == "vault":
+        return tls.bundle_client(tls_dir, tls.VAULT_SERVER_NAME)
+    return tls.ClientTls(tls_dir / tls.CA_FILE, server_name=tls.CHATD_SERVER_NAME)
+
+
+def healthy(kind: str, address: str, timeout: float = HEALTH_TIMEOUT_SECONDS, *,
+            tls_dir: Path | None = None) -> bool:
     """Whether the vault node / ChatD at ``address`` reports SERVING over the gRPC health API."""
     service = "bkv.v1.Vault" if kind == "vault" else "bkv.v1.ChatD"
-    with grpc.insecure_channel(address) as channel:
+    try:
+        channel = tls.open_channel(address, probe_tls(kind, tls_dir))
+    except tls.TlsError:
+        return False
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -169,7 +234,7 @@ def cluster_status(
 ) -> services_pb2.ClusterStatusReply | None:
     """``ChatD.ClusterStatus`` from the first ChatD of ``client`` that answers, else None."""
     for address in client.chatd:
-        with grpc.insecure_channel(address) as channel:
+        with tls.open_channel(address, client.tls) as channel:
             try:
                 reply: services_pb2.ClusterStatusReply = services_pb2_grpc.ChatDStub(
                     channel).ClusterStatus(services_pb2.ClusterStatusRequest(), timeout=timeout)
@@ -186,7 +251,8 @@ def wait_ready(client: ClientConfig, timeout: float) -> services_pb2.ClusterStat
     while time.monotonic() < end:
         replies = [cluster_status(ClientConfig(
             fleet_public_key=client.fleet_public_key, shard_count=client.shard_count,
-            chatd=[address], deadline_seconds=client.deadline_seconds)) for address in client.chatd]
+            chatd=[address], deadline_seconds=client.deadline_seconds, ca_file=client.ca_file,
+            tls_server_name=client.tls_server_name)) for address in client.chatd]
         reply = replies[0]
         if any(r is None for r in replies):
             problem = "a ChatD does not answer"
@@ -201,13 +267,9 @@ def wait_ready(client: ClientConfig, timeout: float) -> services_pb2.ClusterStat
 
 
 def format_status(reply: services_pb2.ClusterStatusReply) -> str:
-    """One line per node, ordered by data center, then the nodes that did not answer."""
-    lines = [f"{'node':<8} {'dc':<4} {'role':<10} {'term':>5} {'commit':>7} {'accounts':>8}"]
-    for n in sorted(reply.nodes, key=lambda n: (n.datacenter, n.node_id)):
-        lines.append(f"{n.node_id:<8} {n.datacenter:<4} {n.role:<10} {n.term:>5} "
-                     f"{n.commit_index:>7} {n.accounts:>8}")
-    lines += [f"{node:<8} unreachable" for node in reply.unreachable]
-    return "\n".join(lines)
+    """The same table as ``bkv cluster status``: nodes by data center, then the silent ones."""
+    known = {f"{name}:{GRPC_PORT}": NodeIdentity(name, dc, 0) for name, dc in node_names()}
+    return format_table(rows_from_reply(reply, known))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,10 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="create secrets, fleet and configs (idempotent)")
     prep.add_argument("--state-dir", type=Path, default=Path("deploy/state"))
+    prep.add_argument("--no-keep-ca-key", action="store_true",
+                      help="discard the CA key after issuing the certificates (first run)")
     prep.add_argument("--attempt-limit", type=int, default=10,
                       help="wrong guesses before a key is destroyed (first run only)")
     health = sub.add_parser("health", help="container health check")
     health.add_argument("kind", choices=("vault", "chatd"))
+    health.add_argument("--tls-dir", type=Path, default=None,
+                        help="certificate folder: vault: the probe's (ops) certificate, key "
+                             "and CA; chatd: the CA (default: plaintext)")
     health.add_argument("--address", default=None,
                         help="default: 127.0.0.1 and the service's port in the container")
     status = sub.add_parser("status", help="every node as the first answering ChatD sees it")
@@ -246,11 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "health":
         port = GRPC_PORT if args.kind == "vault" else CHATD_PORT
-        return 0 if healthy(args.kind, args.address or f"127.0.0.1:{port}") else 1
+        address = args.address or f"127.0.0.1:{port}"
+        return 0 if healthy(args.kind, address, tls_dir=args.tls_dir) else 1
     if not 1 <= args.attempt_limit <= 100:
         parser.error("--attempt-limit must be in 1..100")
     try:
-        prepare(args.state_dir, attempt_limit=args.attempt_limit)
+        prepare(args.state_dir, attempt_limit=args.attempt_limit,
+                keep_ca_key=not args.no_keep_ca_key)
     except LauncherError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -8,6 +8,8 @@
     deadline_seconds = 15           # per vault round trip, across every ChatD tried
     token_signing_key_file = "/abs/secrets/token-signing.key"
     # token = "..."                 # alternative to token_signing_key_file
+    ca_file = "/abs/tls/ca.pem"     # set: TLS to ChatD, whose certificate must chain to it
+    tls_server_name = "chatd.bkv.internal"  # optional: the name checked instead of the host
 
 Account tokens: local/dev clusters give the client the Ed25519 token signing
 key (``token_signing_key_file``), and the SDK mints a short-lived token per
@@ -30,6 +32,7 @@ from typing import Any
 
 import tomli_w
 
+from bkv_ops.tls import ClientTls
 from client_sdk.errors import ConfigError
 
 FLEET_KEY_BYTES = 32
@@ -45,6 +48,8 @@ _KNOWN_KEYS = frozenset(
         "deadline_seconds",
         "token_signing_key_file",
         "token",
+        "ca_file",
+        "tls_server_name",
     }
 )
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -73,6 +78,15 @@ class ClientConfig:
     deadline_seconds: float
     token_signing_key_file: Path | None = None
     token: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    tls_server_name: str | None = None
+
+    @property
+    def tls(self) -> ClientTls | None:
+        """TLS settings for the ChatD channels; None (plaintext) when no ``ca_file`` is set."""
+        if self.ca_file is None:
+            return None
+        return ClientTls(self.ca_file, server_name=self.tls_server_name)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -125,7 +139,17 @@ class ClientConfig:
             key_file = Path(value).expanduser()
             if not key_file.is_absolute() and source is not None:
                 key_file = source.parent / key_file
+        ca_file: Path | None = None
+        if "ca_file" in data:
+            value = data["ca_file"]
+            if not isinstance(value, str) or not value:
+                raise ConfigError("ca_file must be a file path")
+            ca_file = Path(value).expanduser()
+            if not ca_file.is_absolute() and source is not None:
+                ca_file = source.parent / ca_file
         return cls(
+            ca_file=ca_file,
+            tls_server_name=data.get("tls_server_name"),
             fleet_public_key=_parse_fleet_key(fleet_hex),
             shard_count=shard_count,
             chatd=data["chatd"],
@@ -146,6 +170,10 @@ class ClientConfig:
             data["token_signing_key_file"] = str(self.token_signing_key_file)
         if self.token is not None:
             data["token"] = self.token
+        if self.ca_file is not None:
+            data["ca_file"] = str(self.ca_file)
+        if self.tls_server_name is not None:
+            data["tls_server_name"] = self.tls_server_name
         return tomli_w.dumps(data)
 
     def save(self, path: Path | str) -> None:
@@ -193,6 +221,14 @@ def _validate(cfg: ClientConfig) -> None:
         not isinstance(token, str) or not token or not token.isascii() or not token.isprintable()
     ):
         raise ConfigError("token must be a non-empty printable ASCII string")
+    name = cfg.tls_server_name
+    if name is not None and (
+        not isinstance(name, str) or not name or not name.isascii() or not name.isprintable()
+        or any(ch.isspace() or ch in "/:" for ch in name)
+    ):
+        raise ConfigError("tls_server_name must be a host name")
+    if name is not None and cfg.ca_file is None:
+        raise ConfigError("tls_server_name needs ca_file")
 
 
 def _check_address(address: object) -> None:

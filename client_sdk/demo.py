@@ -55,7 +55,8 @@ def run_demo(state_dir: Path | None = None, *, say: Printer = print) -> None:
     """Run every step; raises DemoFailed (or a library error) on the first failure."""
     with tempfile.TemporaryDirectory(prefix="bkv-demo-") as tmp:
         work = Path(tmp)
-        cluster = LocalCluster(state_dir if state_dir is not None else work / "cluster")
+        cluster = LocalCluster(state_dir if state_dir is not None else work / "cluster",
+                               tls=True)
         try:
             _story(cluster, work, say)
         finally:

@@ -30,11 +30,23 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv_api.v1 import services_pb2, services_pb2_grpc
+from bkv_ops.tls import (
+    CA_FILE,
+    CHATD_SERVER_NAME,
+    VAULT_SERVER_NAME,
+    ClientTls,
+    bundle_client,
+    open_channel,
+)
 from client_sdk.config import ClientConfig
 from client_sdk.launcher_layout import (
     DATACENTERS,
+    OPS_CERT_NAME,
+    TLS_DIR,
     LauncherError,
+    add_ops_ports,
     child_env,
+    create_certs,
     create_secrets,
     free_ports,
     init_fleet,
@@ -72,8 +84,12 @@ class LocalCluster:
         *,
         attempt_limit: int = 10,
         allow_identity_ksf: bool = False,
+        tls: bool = False,
     ) -> None:
+        """``tls``: a new cluster's nodes serve mutual TLS and ChatDs TLS (an existing
+        cluster keeps what it was created with)."""
         self.state_dir = Path(state_dir).expanduser().resolve()
+        self.tls = tls
         self.shards = shards
         self.attempt_limit = attempt_limit
         self.allow_identity_ksf = allow_identity_ksf
@@ -88,6 +104,24 @@ class LocalCluster:
     @property
     def client_config_path(self) -> Path:
         return self.state_dir / "client.toml"
+
+    @property
+    def vault_tls(self) -> ClientTls | None:
+        """How the operator's probes reach vault nodes (ops certificate), None: plaintext."""
+        self._load_layout()
+        if not self.layout.get("tls"):
+            return None
+        folder = self.state_dir / TLS_DIR / OPS_CERT_NAME
+        return bundle_client(folder, VAULT_SERVER_NAME)
+
+    @property
+    def chatd_tls(self) -> ClientTls | None:
+        """How a device reaches the ChatDs; None: plaintext."""
+        self._load_layout()
+        if not self.layout.get("tls"):
+            return None
+        return ClientTls(self.state_dir / TLS_DIR / CA_FILE,
+                             server_name=CHATD_SERVER_NAME)
 
     def config_path(self, name: str) -> Path:
         return self.state_dir / "config" / f"{name}.toml"
@@ -138,7 +172,7 @@ class LocalCluster:
                     shard=node["shard"],
                     grpc_address=node["grpc_address"],
                     running=self._running(node["node_id"]),
-                    status=node_status(node["grpc_address"]),
+                    status=node_status(node["grpc_address"], tls=self.vault_tls),
                 )
             )
         return views
@@ -223,7 +257,7 @@ class LocalCluster:
             missing = [f"shard {s}: no leader" for s in range(self.shards)
                        if self.leader(s) is None]
             missing += [f"ChatD {a} not serving" for a in self.chatd_addresses()
-                        if not _ready(a)]
+                        if not _ready(a, self.chatd_tls)]
             if not missing:
                 return
             time.sleep(0.3)
@@ -248,9 +282,13 @@ class LocalCluster:
                 )
         else:
             self.layout = new_layout(self.shards, self.attempt_limit, self.allow_identity_ksf)
+            self.layout["tls"] = self.tls
+        add_ops_ports(self.layout)  # a layout from before metrics ports gets them once
         create_secrets(self.secrets_dir)
         if "fleet_public_key" not in self.layout:
             self.layout["fleet_public_key"] = init_fleet(self.state_dir)
+        if self.layout.get("tls"):
+            create_certs(self.state_dir, self.layout)
         self._save_layout()
         write_configs(self.state_dir, self.layout)
 
@@ -328,9 +366,11 @@ class LocalCluster:
                 proc.wait(timeout)
 
 
-def node_status(address: str, timeout: float = STATUS_TIMEOUT) -> services_pb2.NodeStatus | None:
+def node_status(
+    address: str, timeout: float = STATUS_TIMEOUT, *, tls: ClientTls | None = None
+) -> services_pb2.NodeStatus | None:
     """``Vault.Status`` of one node, or None if it does not answer in time."""
-    with grpc.insecure_channel(address) as channel:
+    with _channel(address, tls) as channel:
         try:
             reply: services_pb2.NodeStatus = services_pb2_grpc.VaultStub(channel).Status(
                 services_pb2.StatusRequest(), timeout=timeout
@@ -340,9 +380,13 @@ def node_status(address: str, timeout: float = STATUS_TIMEOUT) -> services_pb2.N
             return None
 
 
-def _ready(address: str) -> bool:
+def _channel(address: str, settings: ClientTls | None) -> grpc.Channel:
+    return open_channel(address, settings)
+
+
+def _ready(address: str, settings: ClientTls | None = None) -> bool:
     """ChatD's gRPC health says SERVING: it sees a leader in every shard."""
-    with grpc.insecure_channel(address) as channel:
+    with _channel(address, settings) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="bkv.v1.ChatD"), timeout=5.0

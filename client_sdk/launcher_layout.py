@@ -19,6 +19,7 @@ from typing import Any
 
 import tomli_w
 
+from bkv_ops import tls, tls_certs
 from bkv_protocol import tokens
 from client_sdk.config import ClientConfig
 
@@ -71,8 +72,30 @@ def new_layout(shards: int, attempt_limit: int, allow_identity_ksf: bool) -> dic
                 })
     chatd = [{"name": f"chatd-{dc}", "datacenter": dc, "listen": f"127.0.0.1:{next(ports)}"}
              for dc, _ in DATACENTERS]
-    return {"version": 1, "shards": shards, "nodes": nodes, "chatd": chatd,
-            "attempt_limit": attempt_limit, "allow_identity_ksf": allow_identity_ksf}
+    layout = {"version": 1, "shards": shards, "nodes": nodes, "chatd": chatd,
+              "attempt_limit": attempt_limit, "allow_identity_ksf": allow_identity_ksf}
+    add_ops_ports(layout)
+    return layout
+
+
+def add_ops_ports(layout: dict[str, Any]) -> bool:
+    """Give every node a metrics port and every ChatD a metrics and a status-page port.
+
+    Only entries that lack one get a port (layouts made before these existed are
+    upgraded in place); returns whether anything was added.
+    """
+    wanted = [(entry, key) for entry in layout["nodes"] if "metrics_address" not in entry
+              for key in ("metrics_address",)]
+    wanted += [(entry, key) for entry in layout["chatd"]
+               for key in ("metrics_address", "status_address") if key not in entry]
+    if not wanted:
+        return False
+    taken = {int(str(v).rpartition(":")[2]) for entry in layout["nodes"] + layout["chatd"]
+             for k, v in entry.items() if k.endswith(("_address", "listen"))}
+    ports = iter(p for p in free_ports(len(wanted) + len(taken)) if p not in taken)
+    for entry, key in wanted:
+        entry[key] = f"127.0.0.1:{next(ports)}"
+    return True
 
 
 def write_secret(path: Path, make: Callable[[], str]) -> None:
@@ -93,6 +116,38 @@ def create_secrets(secrets_dir: Path) -> None:
     write_secret(secrets_dir / "transport.secret", lambda: secrets.token_hex(32) + "\n")
     write_secret(secrets_dir / "token-signing.key",
                  lambda: tokens.generate_signing_key()[0].hex() + "\n")
+
+
+TLS_DIR = "tls"
+OPS_CERT_NAME = "ops"
+
+
+def local_identities(layout: dict[str, Any]) -> list[tls_certs.Identity]:
+    """A certificate per node, per ChatD and for the probes of a local cluster.
+
+    Everything is on loopback: every leaf is valid for 127.0.0.1 and ``localhost``;
+    the role names (checked by ChatD and the SDK) tell a node from a ChatD.
+    """
+    local = {"dns_names": ("localhost",), "ip_addresses": ("127.0.0.1",)}
+    identities = [tls_certs.Identity(tls.ROLE_VAULT_NODE, n["node_id"], **local)
+                  for n in layout["nodes"]]
+    identities += [tls_certs.Identity(tls.ROLE_CHATD, c["name"], **local) for c in layout["chatd"]]
+    identities.append(tls_certs.Identity(tls.ROLE_OPS, OPS_CERT_NAME))
+    return identities
+
+
+def create_certs(state_dir: Path, layout: dict[str, Any]) -> None:
+    """The cluster CA and the certificates of :func:`local_identities` (each made once)."""
+    try:
+        tls_certs.ensure_bundle(state_dir / TLS_DIR, local_identities(layout))
+    except (tls.TlsError, OSError) as err:
+        raise LauncherError(f"cannot create certificates: {err}") from None
+
+
+def _tls_keys(folder: Path) -> dict[str, str]:
+    return {"tls_cert_file": str(folder / tls.CERT_FILE),
+            "tls_key_file": str(folder / tls.KEY_FILE),
+            "tls_ca_file": str(folder / tls.CA_FILE)}
 
 
 def init_fleet(state_dir: Path) -> str:
@@ -134,6 +189,9 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
             "transport_secret_file": str(secrets_dir / "transport.secret"),
             "attempt_limit": layout["attempt_limit"],
             "allow_identity_ksf": layout["allow_identity_ksf"],
+            "log_format": "json",
+            **({"metrics_address": node["metrics_address"]} if "metrics_address" in node else {}),
+            **(_tls_keys(state_dir / TLS_DIR / node["node_id"]) if layout.get("tls") else {}),
             "peers": peers,
         }
         (config_dir / f"{node['node_id']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")
@@ -149,6 +207,9 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
             "rate_limit": {"per_account_per_second": CHATD_RATE_PER_SECOND,
                            "burst": CHATD_BURST},
             "shards": shards,
+            "log_format": "json",
+            **{k: chatd[k] for k in ("metrics_address", "status_address") if k in chatd},
+            **(_tls_keys(state_dir / TLS_DIR / chatd["name"]) if layout.get("tls") else {}),
         }
         (config_dir / f"{chatd['name']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")
     ClientConfig(
@@ -157,4 +218,6 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
         chatd=[c["listen"] for c in layout["chatd"]],
         deadline_seconds=CLIENT_DEADLINE_SECONDS,
         token_signing_key_file=secrets_dir / "token-signing.key",
+        ca_file=state_dir / TLS_DIR / tls.CA_FILE if layout.get("tls") else None,
+        tls_server_name=tls.CHATD_SERVER_NAME if layout.get("tls") else None,
     ).save(state_dir / "client.toml")

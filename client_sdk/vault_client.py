@@ -68,7 +68,7 @@ class VaultClient:
         self.ksf = ksf
         self._tokens = TokenSource(config)
         if transport is None:
-            transport = ChatDTransport(config.chatd, config.deadline_seconds)
+            transport = ChatDTransport(config.chatd, config.deadline_seconds, tls=config.tls)
         self._transport: VaultTransport = transport
 
     def __repr__(self) -> str:

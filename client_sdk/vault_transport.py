@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import grpc
 
 from bkv_api.v1 import services_pb2_grpc
+from bkv_ops.tls import ClientTls, TlsError, open_channel
 from bkv_protocol.tokens import mint_token
 from client_sdk.config import ClientConfig
 from client_sdk.errors import (
@@ -125,9 +126,12 @@ def read_signing_key(path: Path) -> bytes:
 class ChatDTransport:
     """gRPC client for ``ChatD.Forward`` over the configured front ends, with rotation."""
 
-    def __init__(self, addresses: list[str], deadline_seconds: float) -> None:
+    def __init__(
+        self, addresses: list[str], deadline_seconds: float, *, tls: ClientTls | None = None
+    ) -> None:
         if not addresses:
             raise ConfigError("no ChatD address configured")
+        self._tls = tls  # set: TLS only; ChatD's certificate must chain to tls.ca_file
         self._addresses = list(addresses)
         self._deadline = deadline_seconds
         self._channels: dict[str, grpc.Channel] = {}
@@ -169,7 +173,20 @@ class ChatDTransport:
             assert isinstance(sealed, bytes)
             return sealed
         suffix = f" (last error: {last_failure})" if last_failure else ""
-        raise VaultUnavailable(f"vault unreachable via {', '.join(self._addresses)}{suffix}")
+        raise VaultUnavailable(
+            f"vault unreachable via {', '.join(self._addresses)}{self._tls_hint(last_failure)}"
+            f"{suffix}"
+        )
+
+    def _tls_hint(self, failure: str) -> str:
+        """Name the likely TLS mistake: an untrusted certificate, or plaintext against TLS."""
+        text = failure.lower()
+        if self._tls is not None and any(w in text for w in ("handshake", "certificate",
+                                                              "hostname")):
+            return f": ChatD's certificate does not verify against ca_file {self._tls.ca_file}"
+        if self._tls is None and "socket closed" in text:
+            return ": if ChatD serves TLS, set ca_file in the client config"
+        return ""
 
     def close(self) -> None:
         """Close every channel opened so far."""
@@ -184,7 +201,10 @@ class ChatDTransport:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                try:
+                    channel = open_channel(address, self._tls, _CHANNEL_OPTIONS)
+                except TlsError as err:
+                    raise ConfigError(str(err)) from None
                 self._channels[address] = channel
                 stub = self._stubs[address] = services_pb2_grpc.ChatDStub(channel)
             return stub

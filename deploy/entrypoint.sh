@@ -13,6 +13,16 @@ if [ "$(id -u)" = 0 ]; then
             install -m 0400 -o bkv -g bkv "/run/secrets/$name" "/run/bkv/$name"
         fi
     done
+    # TLS certificate folders (read-only bind mounts, keys 0600 owned by the host
+    # user): the same copy into memory, so `bkv` can read its own key
+    for name in tls probe; do
+        if [ -f "/etc/bkv/$name/cert.pem" ]; then
+            install -d -m 0700 -o bkv -g bkv "/run/bkv/$name"
+            for file in cert.pem key.pem ca.pem; do
+                install -m 0400 -o bkv -g bkv "/etc/bkv/$name/$file" "/run/bkv/$name/$file"
+            done
+        fi
+    done
     if [ -d /var/lib/bkv ] && [ -w /var/lib/bkv ]; then  # a volume (vault nodes)
         chown bkv:bkv /var/lib/bkv
     fi

@@ -1,6 +1,9 @@
 """`bkv-vault-node`: create a fleet (`init-fleet`) and run a vault node (`run`).
 
-Exit codes: 0 ok, 1 unexpected failure, 2 bad configuration or keys, 4 cannot listen.
+Admin commands (`member`, `snapshot`) live in ``vault_node.admin_cli``.
+
+Exit codes: 0 ok, 1 unexpected failure, 2 bad configuration or keys, 3 the cluster
+refused an admin request or did not answer in time, 4 cannot listen.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from bkv_ops.logs import LOG_FORMATS, configure_logging, pick_format
+from vault_node.audit import print_audit
 from vault_node.config import ConfigError, NodeConfig
 from vault_node.hsm import (
     FleetHsm,
@@ -85,11 +90,14 @@ def _init_fleet(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    configure_logging(pick_format(args.log_format), level, service="vault")
+    try:  # now that the node is known, name it on every line (config errors come later)
+        cfg = NodeConfig.load(args.config)
+        configure_logging(pick_format(args.log_format, cfg.log_format), level,
+                          service="vault", node=cfg.node_id)
+    except ConfigError:
+        pass
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -141,7 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a vault node until SIGTERM/SIGINT")
     run.add_argument("--config", type=Path, required=True)
     run.add_argument("--verbose", action="store_true")
+    run.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                     help="json lines or text (default: the config's log_format, else text "
+                          "on a terminal and json otherwise)")
     run.set_defaults(handler=_run)
+    from vault_node.admin_cli import add_commands  # late, like the node's modules in _serve
+
+    add_commands(sub)  # `member list|add|remove`, `snapshot take|restore`
+    audit = sub.add_parser("audit", help="print this node's audit trail (checks its order)")
+    audit.add_argument("--config", type=Path, required=True)
+    audit.add_argument("--since", type=int, default=0, metavar="INDEX",
+                       help="only entries at or after this Raft index")
+    audit.set_defaults(handler=lambda a: print_audit(a.config, a.since))
     return parser
 
 

@@ -70,6 +70,13 @@ class NodeConfig:
     grpc_listen: str = ""  # where the gRPC server listens; "" means grpc_address
     raft_bind: str = ""  # where Raft accepts peers; "" means raft_address
     metrics_address: str = ""  # Prometheus scrape endpoint (host:port); "" disables it
+    audit_file: Path | None = None  # the audit trail; None means data_dir / "audit.jsonl"
+    log_format: str = ""  # "json" | "text"; "" picks text on a terminal, json otherwise
+    # TLS (all three or none): set, the node serves only mutual TLS and admits a
+    # client certificate from this CA with the ChatD or ops role
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         # Filled here so every NodeConfig, however built, carries concrete sockets.
@@ -141,9 +148,19 @@ class NodeConfig:
             grpc_listen=r.optional_address("grpc_listen"),
             raft_bind=r.optional_address("raft_bind"),
             metrics_address=r.optional_address("metrics_address"),
+            audit_file=r.optional_path("audit_file"),
+            log_format=r.choice("log_format", ("json", "text")),
+            tls_cert_file=r.optional_path("tls_cert_file"),
+            tls_key_file=r.optional_path("tls_key_file"),
+            tls_ca_file=r.optional_path("tls_ca_file"),
         )
         cfg._check_peers(where)
         cfg._check_sockets(where)
+        tls = (cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file)
+        if any(tls) and not all(tls):
+            raise ConfigError(
+                f"{where}: 'tls_cert_file', 'tls_key_file' and 'tls_ca_file' go together"
+            )
         return cfg
 
     def _check_sockets(self, where: str) -> None:
@@ -240,6 +257,13 @@ class _Reader:
     def optional_address(self, key: str) -> str:
         """``host:port`` if the key is present, else "" (the caller's default applies)."""
         return self.address(key) if key in self._raw else ""
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        """One of ``allowed`` if the key is present, else ""."""
+        value = self._raw.get(key, "")
+        if value != "" and value not in allowed:
+            raise ConfigError(f"{self._where}: {key!r} must be one of {', '.join(allowed)}")
+        return str(value)
 
     def path(self, key: str) -> Path:
         return Path(self.string(key))

@@ -32,6 +32,11 @@ behaviour, and why:
   without being unpickled. pysyncobj's default encryptor is Fernet (AES-CBC +
   HMAC, base64, several Python-level calls per frame); :class:`TransportCipher`
   replaces it with one ChaCha20-Poly1305 call per frame.
+* **Membership survives restarts.** Dynamic membership is on (changes come
+  only through ``vault_node.admin``). Snapshots record the members (with
+  their ids and gRPC addresses) under ``SNAPSHOT_MEMBERS_KEY``, and at start-up
+  the membership entries after the snapshot are replayed, so a restarted node
+  uses the latest configuration in its log rather than its bootstrap list.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +60,23 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.transport import TCPTransport
 
+from vault_node import safe_pickle
+from vault_node.audit import AuditLog
 from vault_node.journal import DurableJournal, make_durable, read_snapshot, write_snapshot
-from vault_node.state import ApplyResult, Outcome, VaultState, decode_command
+from vault_node.membership import (
+    Member,
+    decode_change,
+    describe,
+    encode_change,
+    members_from_plain,
+    members_to_plain,
+)
+from vault_node.state import ApplyResult, Outcome, VaultState, decode_entry
 
 log = logging.getLogger("vault_node.raft")
 
 _TRUNCATION_TEXT = "truncating already-applied log entries"
+SNAPSHOT_MEMBERS_KEY = "raft_members"
 
 
 class TruncationMonitor(logging.Handler):
@@ -75,6 +91,8 @@ class TruncationMonitor(logging.Handler):
             self.count += 1
             log.error("raft safety: pysyncobj truncated already-applied log entries")
 
+
+_MEMBERSHIP_ENTRY = 2  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP: an entry's first byte
 
 TRUNCATION_MONITOR = TruncationMonitor()
 logging.getLogger("pysyncobj.syncobj").addHandler(TRUNCATION_MONITOR)
@@ -92,6 +110,11 @@ def _create_journal(journal_file: Any) -> Any:
 
 
 _syncobj_module.createJournal = _create_journal
+
+# Every log entry pysyncobj unpickles (applied, replayed from the journal, or
+# reassembled from a large transmission) goes through a codec that refuses
+# globals: a tampered journal or a misbehaving peer can't make it run code.
+_syncobj_module.pickle = safe_pickle
 
 
 class TransportCipher:
@@ -255,8 +278,14 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         conf_kwargs: dict[str, Any],
         journal: DurableJournal,
         snapshot_path: Path,
+        audit: AuditLog | None = None,
+        *,
+        known_members: Mapping[str, Member] | None = None,
     ) -> None:
         self.bkv_journal = journal
+        self.bkv_known_members = dict(known_members or {})  # raft address -> bootstrap entry
+        self._bkv_snapshot_index = 0  # log index covered by the snapshot loaded at start-up
+        self.bkv_audit = audit
         self.bkv_cipher = TransportCipher(conf_kwargs["password"])
         self.bkv_state = VaultState()
         self.bkv_state_lock = threading.Lock()
@@ -274,11 +303,12 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             autoTick=False,
             appendEntriesUseBatch=True,
             commandsWaitLeader=False,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
             **conf_kwargs,
         )
         super().__init__(self_address, peers, conf, transportClass=DurableTransport)
         self.bkv_wake = PipeNotifier(self._poller)
+        self._bkv_restore_membership()
 
     @property
     def encryptor(self) -> TransportCipher:
@@ -288,13 +318,20 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
     @replicated  # type: ignore[untyped-decorator]
     def _bkv_apply(self, encoded: bytes) -> ApplyResult:
         """Apply one committed entry; a malformed one is a logged no-op, never a crash."""
+        index = int(self.raftLastApplied) + 1  # pysyncobj counts an entry once applied
         try:
-            command = decode_command(encoded)
+            command, time_ms = decode_entry(encoded)
         except ValueError:
             log.error("ignoring a malformed committed command")
-            return ApplyResult(Outcome.INVALID)
+            result = ApplyResult(Outcome.INVALID)
+            if self.bkv_audit is not None:
+                self.bkv_audit.record(index, None, result, None)
+            return result
         with self.bkv_state_lock:
-            return self.bkv_state.apply(command)
+            result = self.bkv_state.apply(command)
+        if self.bkv_audit is not None:
+            self.bkv_audit.record(index, command, result, time_ms)
+        return result
 
     def submit_encoded(self, encoded: bytes, callback: Callable[[Any, int], None]) -> None:
         self._bkv_apply(encoded, callback=callback)
@@ -306,6 +343,8 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         # Entries appended in the previous tick become durable before this tick's
         # commit computation counts this node's own log.
         self.bkv_journal.sync()
+        if self.bkv_audit is not None:
+            self.bkv_audit.sync_if_due()  # the journal can rebuild it: no fsync per tick
         super()._onTick(timeToWait)
 
     def _checkCommandsToApply(self) -> None:
@@ -321,9 +360,15 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
     # ---- snapshots --------------------------------------------------------------------
 
     def _bkv_serialize(self, filename: str, data: Any) -> None:
-        last, previous, _cluster = data
+        last, previous, cluster = data
+        if self.bkv_audit is not None:  # no audited entry may be lost behind a snapshot
+            self.bkv_audit.sync()
         with self.bkv_state_lock:
             plain = self.bkv_state.to_plain()
+        # membership rides in the snapshot's state table (VaultState ignores the key)
+        plain[SNAPSHOT_MEMBERS_KEY] = members_to_plain(
+            describe(node, self.bkv_known_members) for node in cluster
+        )
         write_snapshot(Path(filename), plain, last, previous, durable=self._bkv_durable)
         self.bkv_snapshots_written += 1
 
@@ -333,6 +378,8 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             # a snapshot installed from the leader is durable before it is acknowledged
             make_durable(path, fsync=self._bkv_durable)
             plain, last, previous = read_snapshot(path)
+            members_plain = plain.pop(SNAPSHOT_MEMBERS_KEY, None)
+            members = None if members_plain is None else members_from_plain(members_plain)
             state = VaultState.from_plain(plain)
         except (OSError, ValueError, KeyError, TypeError) as err:
             self.bkv_snapshot_error = f"snapshot {path} unusable: {type(err).__name__}"
@@ -340,5 +387,67 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             raise
         with self.bkv_state_lock:
             self.bkv_state = state
+        if self.bkv_audit is not None:
+            self.bkv_audit.snapshot_installed(int(last[1]))
         self.bkv_snapshots_loaded += 1
-        return last, previous, []
+        self._bkv_snapshot_index = int(last[1])
+        # a snapshot from before membership was recorded keeps the current membership
+        cluster = self._bkv_cluster() if members is None else [m.node() for m in members]
+        return last, previous, cluster
+
+    # ---- membership -------------------------------------------------------------------
+
+    def _bkv_cluster(self) -> list[Any]:
+        others: set[Any] = self._SyncObj__otherNodes.copy()
+        return [*others, self._SyncObj__selfNode]
+
+    def bkv_members(self) -> list[Member]:
+        """Every voting member as of the end of this node's log (self included)."""
+        return [describe(node, self.bkv_known_members) for node in self._bkv_cluster()]
+
+    def addNodeToCluster(self, node: Any, callback: Any = None) -> None:
+        """Membership entries are JSON (``membership.encode_change``), never pickles."""
+        self._bkv_change_cluster("add", node, callback)
+
+    def removeNodeFromCluster(self, node: Any, callback: Any = None) -> None:
+        self._bkv_change_cluster("rem", node, callback)
+
+    def _bkv_change_cluster(self, kind: str, node: Any, callback: Any) -> None:
+        member = describe(node, self.bkv_known_members)
+        self._applyCommand(encode_change(kind, member), callback, _MEMBERSHIP_ENTRY)
+
+    def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> list[Any] | None:
+        """pysyncobj's hook for membership entries, reading our JSON form."""
+        if command[:1] != bytes([_MEMBERSHIP_ENTRY]):
+            return None
+        change = decode_change(command[1:])
+        if change is None:
+            log.error("ignoring a malformed membership entry")
+            return None
+        kind, member = change
+        node = member.node()
+        return [kind, node.id, node]
+
+    def bkv_self_member(self) -> Member:
+        return describe(self._SyncObj__selfNode, self.bkv_known_members)
+
+    def _bkv_restore_membership(self) -> None:
+        """Rebuild membership as of the end of the log: the snapshot's, then later changes.
+
+        pysyncobj restores membership only from a snapshot and otherwise applies a
+        membership entry when it arrives, so after a restart it would fall back to the
+        bootstrap list. Here the snapshot is loaded right away (instead of at the first
+        tick) and the membership entries after it are replayed, as Raft prescribes
+        (a node uses the latest configuration in its log, committed or not).
+        """
+        if getattr(self, "_SyncObj__needLoadDumpFile", True) and self.bkv_snapshot_path.is_file():
+            self._SyncObj__loadDumpFile(clearJournal=False)
+        self._SyncObj__needLoadDumpFile = False
+        journal = self.bkv_journal
+        for position in range(len(journal)):
+            command, idx, _term = journal[position]
+            if idx <= self._bkv_snapshot_index:
+                continue
+            request = self._SyncObj__parseChangeClusterRequest(command)
+            if request is not None:
+                self._SyncObj__doChangeCluster(request)

@@ -19,9 +19,12 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON
 
+from vault_node.admin import AdminEndpoint
+from vault_node.audit import AUDIT_FILE, AuditError, AuditLog
 from vault_node.journal import DurableJournal, read_snapshot
-from vault_node.raft_core import TRUNCATION_MONITOR, VaultSyncObj
-from vault_node.state import AccountEntry, ApplyResult, Command, VaultState, encode_command
+from vault_node.membership import Member, members_from_plain
+from vault_node.raft_core import SNAPSHOT_MEMBERS_KEY, TRUNCATION_MONITOR, VaultSyncObj
+from vault_node.state import AccountEntry, ApplyResult, Command, VaultState, encode_entry
 
 log = logging.getLogger("vault_node.raft")
 
@@ -67,6 +70,8 @@ class RaftConfig:
     snapshot_min_entries: int = 5000
     snapshot_min_interval: float = 300.0
     bind_address: str | None = None  # listen here instead of self_address (NAT, containers)
+    members: tuple[Member, ...] = ()  # the bootstrap list's descriptions (ids, gRPC addresses)
+    audit_file: Path | None = None  # the audit trail; None means data_dir / "audit.jsonl"
 
 
 @dataclass(frozen=True)
@@ -121,13 +126,21 @@ class ReplicatedVault:
         snapshot_path = data_dir / SNAPSHOT_FILE
         if snapshot_path.exists():
             try:  # refuse to start rather than silently start from an empty state
-                VaultState.from_plain(read_snapshot(snapshot_path)[0])
+                plain = read_snapshot(snapshot_path)[0]
+                VaultState.from_plain(plain)  # checks it is a table first
+                members_from_plain(plain.get(SNAPSHOT_MEMBERS_KEY, []))
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise RaftStartupError(f"snapshot {snapshot_path} is unusable") from err
         try:
+            audit = AuditLog(config.audit_file or data_dir / AUDIT_FILE, fsync=config.fsync)
+        except AuditError as err:
+            raise RaftStartupError(str(err)) from None
+        try:
             journal = DurableJournal(data_dir / JOURNAL_FILE, fsync=config.fsync)
         except (OSError, RuntimeError) as err:
+            audit.close()
             raise RaftStartupError(f"cannot open the Raft journal in {data_dir}") from err
+        self._audit = audit
         peers = [p for p in config.peer_addresses if p != config.self_address]
         # pysyncobj binds every interface when bindAddress is None; default to the
         # advertised address instead so a loopback node stays on loopback.
@@ -149,10 +162,13 @@ class ReplicatedVault:
         }
         try:
             self._obj = VaultSyncObj(
-                config.self_address, peers, conf_kwargs, journal, snapshot_path
+                config.self_address, peers, conf_kwargs, journal, snapshot_path, audit,
+                known_members={m.raft_address: m for m in config.members},
             )
+            AdminEndpoint(self._obj).install()
         except Exception as err:  # pysyncobj reports bind failures as a bare SyncObjException
             journal._destroy()
+            audit.close()
             raise RaftStartupError(f"cannot listen on {bind}") from err
         self._pending: set[_Waiter] = set()
         self._pending_lock = threading.Lock()
@@ -186,10 +202,12 @@ class ReplicatedVault:
     def submit(self, command: Command, timeout: float | None = None) -> ApplyResult:
         """Replicate ``command``; return this node's apply result once committed in its term.
 
-        Raises ValueError (invalid command, before anything is sent), NotLeaderError
-        (not leader, or leadership lost before commit) or CommitTimeoutError.
+        The entry carries this leader's clock (ms since the epoch), so every node's
+        audit trail shows the same time for it. Raises ValueError (invalid command,
+        before anything is sent), NotLeaderError (not leader, or leadership lost
+        before commit) or CommitTimeoutError.
         """
-        encoded = encode_command(command)
+        encoded = encode_entry(command, time.time_ns() // 1_000_000)
         if self._stop.is_set() or not self.is_leader():
             raise NotLeaderError(self.leader_address())
         term = self._obj.raftCurrentTerm
@@ -240,6 +258,10 @@ class ReplicatedVault:
         address = getattr(leader, "address", None)
         return address if isinstance(address, str) else None
 
+    def members(self) -> list[Member]:
+        """The voting members as of the end of this node's log, with ids and gRPC addresses."""
+        return self._obj.bkv_members()
+
     def digest(self) -> bytes:
         with self._obj.bkv_state_lock:
             return self._obj.bkv_state.digest()
@@ -285,6 +307,7 @@ class ReplicatedVault:
                 waiter.error = FAIL_REASON.LEADER_CHANGED
                 waiter.done.set()
         self._obj.destroy()
+        self._audit.close()
         log.info("raft node %s stopped", self._config.node_id)
 
     def __enter__(self) -> ReplicatedVault:

@@ -15,10 +15,12 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from bkv_api.v1 import services_pb2_grpc
+from bkv_ops.tls import ROLE_CHATD, ROLE_OPS, RoleGuard, ServerTls, TlsError
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.health import can_answer, vault_health
 from vault_node.hsm import FleetHsm, HsmError
 from vault_node.hsm_pkcs11 import load_master_key
+from vault_node.membership import Member
 from vault_node.metrics import VaultMetrics
 from vault_node.replication import RaftConfig, RaftStartupError, ReplicatedVault
 from vault_node.service import VaultService
@@ -72,6 +74,7 @@ class VaultNode:
     def __init__(self, cfg: NodeConfig) -> None:
         prepared = prepare(cfg)
         self.config = cfg
+        self._tls = _server_credentials(cfg)
         try:
             self._replica = ReplicatedVault(
                 RaftConfig(
@@ -82,6 +85,11 @@ class VaultNode:
                     transport_secret=prepared.transport_secret,
                     commit_timeout=cfg.commit_timeout_seconds,
                     bind_address=cfg.raft_bind,
+                    audit_file=cfg.audit_file,
+                    members=tuple(
+                        Member(p.node_id, p.datacenter, p.raft_address, p.grpc_address)
+                        for p in cfg.peers
+                    ),
                 )
             )
         except RaftStartupError as err:
@@ -99,6 +107,9 @@ class VaultNode:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
+            # with TLS, only ChatD and the operator's probes may call (the handshake
+            # already demands a client certificate from the cluster CA)
+            interceptors=[RoleGuard((ROLE_CHATD, ROLE_OPS))] if self._tls is not None else None,
         )
         services_pb2_grpc.add_VaultServicer_to_server(self.service, self._server)
         self.health = vault_health(self._can_answer)
@@ -107,7 +118,10 @@ class VaultNode:
         self._sweeper = threading.Thread(target=self._sweep_loop, name="vault-sweeper", daemon=True)
 
     def start(self) -> None:
-        if self._server.add_insecure_port(self.config.grpc_listen) == 0:
+        listen = self.config.grpc_listen
+        bound = (self._server.add_insecure_port(listen) if self._tls is None
+                 else self._server.add_secure_port(listen, self._tls))
+        if bound == 0:
             raise StartupError(f"cannot listen on {self.config.grpc_listen}", exit_code=4)
         if self.config.metrics_address:
             try:
@@ -154,3 +168,15 @@ class VaultNode:
                 self.service.sweep_expired()
             except Exception:  # keep sweeping; never log payloads
                 log.exception("session sweep failed")
+
+
+def _server_credentials(cfg: NodeConfig) -> grpc.ServerCredentials | None:
+    """Mutual-TLS credentials when the config names certificates; None means plaintext."""
+    if cfg.tls_cert_file is None or cfg.tls_key_file is None or cfg.tls_ca_file is None:
+        return None
+    try:
+        return ServerTls(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file).credentials(
+            require_client_auth=True
+        )
+    except TlsError as err:
+        raise StartupError(str(err)) from None

@@ -35,8 +35,9 @@ from bkv_protocol.opaque_messages import (
     RegistrationRecord,
 )
 from vault_node import state as st
-from vault_node.config import NodeConfig
+from vault_node.config import NodeConfig, PeerConfig
 from vault_node.hsm import FleetHsm, HsmError, StoredRecord, new_record_id
+from vault_node.membership import Member
 from vault_node.metrics import VaultMetrics, outcome_of_error, outcome_of_status
 from vault_node.replication import CommitTimeoutError, NotLeaderError, RaftStatus
 from vault_node.sessions import SESSION_ID_BYTES, LoginSession, SessionTable
@@ -64,6 +65,7 @@ class Replica(Protocol):
     def leader_address(self) -> str | None: ...
     def leader_reachable(self) -> bool: ...
     def status(self) -> RaftStatus: ...
+    def members(self) -> list[Member]: ...
 
 
 class _Reply(Exception):
@@ -140,7 +142,7 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         self, request: services_pb2.StatusRequest, context: grpc.ServicerContext
     ) -> services_pb2.NodeStatus:
         s = self._replica.status()
-        leader = self._cfg.peer_by_raft_address(s.leader_address)
+        leader = self._member_at(s.leader_address)
         return services_pb2.NodeStatus(
             node_id=self._cfg.node_id,
             datacenter=self._cfg.datacenter,
@@ -310,8 +312,18 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             self._metrics.committed(command, result, started)
         return result
 
+    def _member_at(self, raft_address: str | None) -> PeerConfig | Member | None:
+        """The member at a Raft address: the bootstrap list, else members added at run time."""
+        if raft_address is None:
+            return None
+        peer = self._cfg.peer_by_raft_address(raft_address)
+        if peer is not None:
+            return peer
+        return next((m for m in self._replica.members()
+                     if m.raft_address == raft_address and m.grpc_address), None)
+
     def _abort_not_leader(self, context: Any, raft_leader: str | None) -> NoReturn:
-        peer = self._cfg.peer_by_raft_address(raft_leader)
+        peer = self._member_at(raft_leader)
         if peer is not None and peer.node_id != self._cfg.node_id:
             context.set_trailing_metadata(((LEADER_METADATA_KEY, peer.grpc_address),))
         _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "not leader")

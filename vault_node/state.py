@@ -196,6 +196,33 @@ def decode_command(data: bytes) -> Command:
     return command
 
 
+# A log entry may carry the time the leader proposed it, for the audit trail: one
+# STAMP tag, the time in milliseconds since the Unix epoch, then the command as
+# above. Entries written before stamps existed decode with no time.
+_STAMP_TAG = 0x10
+_STAMP = struct.Struct(">BQ")
+
+
+def encode_entry(command: Command, time_ms: int) -> bytes:
+    """Encode ``command`` stamped with the leader's proposal time (ms since the epoch)."""
+    if type(time_ms) is not int or not 0 <= time_ms < 1 << 64:
+        raise ValueError("time_ms must be a non-negative 64-bit integer")
+    return _STAMP.pack(_STAMP_TAG, time_ms) + encode_command(command)
+
+
+def decode_entry(data: bytes) -> tuple[Command, int | None]:
+    """Inverse of ``encode_entry``; also reads unstamped entries (time ``None``).
+
+    Raises ValueError on anything malformed.
+    """
+    if isinstance(data, bytes) and data[:1] == bytes([_STAMP_TAG]):
+        if len(data) < _STAMP.size:
+            raise ValueError("truncated stamp")
+        _tag, time_ms = _STAMP.unpack_from(data)
+        return decode_command(data[_STAMP.size :]), int(time_ms)
+    return decode_command(data), None
+
+
 class VaultState:
     """All accounts of one shard. Mutated only through ``apply``."""
 

@@ -1,0 +1,186 @@
+"""One view of a vault cluster for people and scripts: rows, a table and a JSON document.
+
+``bkv cluster status`` (local launcher or any client config), the compose
+deployment's ``status`` command and ChatD's status page all show the same
+columns, computed here from ``NodeStatus`` messages. Pure: no network, no files;
+:func:`ask_chatds`, the one network edge, imports gRPC only when called.
+
+Lag is the shard leader's commit index minus the node's last applied index
+(unknown, ``None``, while the shard has no leader), so it counts entries a node
+still has to apply, including the leader's own backlog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bkv_api.v1 import services_pb2
+
+if TYPE_CHECKING:
+    from bkv_ops.tls import ClientTls
+
+UNKNOWN_DC = "unknown"  # a silent node nobody could name (listed last)
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What is known of a node without asking it (layout, or an earlier answer)."""
+
+    node_id: str
+    datacenter: str
+    shard: int
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """One vault node in the status view; ``reachable`` False means it did not answer."""
+
+    node_id: str
+    datacenter: str
+    shard: int
+    address: str
+    reachable: bool
+    role: str = "unreachable"
+    term: int | None = None
+    commit_index: int | None = None
+    last_applied: int | None = None
+    lag: int | None = None
+    healthy: bool = False
+    leader: bool = False
+    accounts: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # e.g. metrics address
+
+    @property
+    def health(self) -> str:
+        if not self.reachable:
+            return "unreachable"
+        return "ok" if self.healthy else "degraded"
+
+
+def build_rows(
+    entries: Iterable[tuple[str, services_pb2.NodeStatus | None]],
+    known: Mapping[str, NodeIdentity] | None = None,
+    extra: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[NodeRow]:
+    """Rows from ``(address, status or None)`` pairs; ``known`` names silent addresses.
+
+    ``extra`` adds per-node columns by node id (the launcher's metrics ports).
+    """
+    known = known or {}
+    extra = extra or {}
+    entries = list(entries)
+    leaders = _leaders(s for _, s in entries if s is not None)
+    rows = []
+    for address, st in entries:
+        if st is None:
+            who = known.get(address, NodeIdentity(address or "?", UNKNOWN_DC, -1))
+            rows.append(NodeRow(node_id=who.node_id, datacenter=who.datacenter,
+                                shard=who.shard, address=address, reachable=False,
+                                extra=dict(extra.get(who.node_id, {}))))
+            continue
+        leader = leaders.get(st.shard)
+        rows.append(NodeRow(
+            node_id=st.node_id, datacenter=st.datacenter, shard=st.shard, address=address,
+            reachable=True, role=st.role, term=st.term, commit_index=st.commit_index,
+            last_applied=st.last_applied,
+            lag=None if leader is None else max(0, leader.commit_index - st.last_applied),
+            healthy=st.healthy, leader=leader is not None and leader.node_id == st.node_id,
+            accounts=st.accounts, extra=dict(extra.get(st.node_id, {}))))
+    return sorted(rows, key=lambda r: (r.datacenter == UNKNOWN_DC, r.datacenter, r.shard,
+                                       r.node_id))
+
+
+def rows_from_reply(
+    reply: services_pb2.ClusterStatusReply, known: Mapping[str, NodeIdentity] | None = None
+) -> list[NodeRow]:
+    """Rows from ``ChatD.ClusterStatus`` (which gives no address for nodes that answered)."""
+    entries: list[tuple[str, services_pb2.NodeStatus | None]] = [("", s) for s in reply.nodes]
+    entries += [(address, None) for address in reply.unreachable]
+    return build_rows(entries, known)
+
+
+def _leaders(statuses: Iterable[services_pb2.NodeStatus]) -> dict[int, services_pb2.NodeStatus]:
+    """Per shard, the node calling itself leader in the highest term."""
+    best: dict[int, services_pb2.NodeStatus] = {}
+    for st in statuses:
+        if st.role == "leader" and (st.shard not in best or st.term > best[st.shard].term):
+            best[st.shard] = st
+    return best
+
+
+def shards_without_leader(rows: Iterable[NodeRow]) -> list[int]:
+    """Shards (of the rows that name one) where no node is the leader."""
+    rows = list(rows)
+    shards = {r.shard for r in rows if r.shard >= 0}
+    led = {r.shard for r in rows if r.leader}
+    return sorted(shards - led)
+
+
+def datacenters(rows: Iterable[NodeRow]) -> list[str]:
+    """The data centers of ``rows`` in display order (the unknown one last)."""
+    return sorted({r.datacenter for r in rows}, key=lambda dc: (dc == UNKNOWN_DC, dc))
+
+
+def _cell(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def format_table(rows: Iterable[NodeRow]) -> str:
+    """A header, then per data center a ``dcN:`` line and one line per node (id first)."""
+    rows = list(rows)
+    extra_names = sorted({k for r in rows for k in r.extra})
+    head = (f"{'node':<16} {'dc':<7} {'shard':>5} {'role':<11} {'term':>5} {'commit':>7} "
+            f"{'applied':>7} {'lag':>5} {'health':<11} {'address':<21}")
+    lines = [" ".join([head, *(f"{n:<21}" for n in extra_names)]).rstrip()]
+    for dc in datacenters(rows):
+        lines.append(f"{dc}:")
+        for r in (r for r in rows if r.datacenter == dc):
+            shard = "?" if r.shard < 0 else str(r.shard)
+            line = (f"{r.node_id:<16} {r.datacenter:<7} {shard:>5} {r.role:<11} "
+                    f"{_cell(r.term):>5} {_cell(r.commit_index):>7} {_cell(r.last_applied):>7} "
+                    f"{_cell(r.lag):>5} {r.health:<11} {r.address or '-':<21}")
+            line += "".join(f" {r.extra.get(n, '-'):<21}" for n in extra_names)
+            lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def row_dict(row: NodeRow) -> dict[str, Any]:
+    """A row as JSON-ready data, with the derived ``health``."""
+    data = asdict(row)
+    data["health"] = row.health
+    return data
+
+
+def status_document(rows: Iterable[NodeRow], **more: Any) -> dict[str, Any]:
+    """The JSON view: nodes grouped by data center, leader per shard, plus ``more`` keys."""
+    rows = list(rows)
+    leaders = {str(r.shard): r.node_id for r in rows if r.leader}
+    groups = [
+        {"name": dc, "nodes": [row_dict(r) for r in rows if r.datacenter == dc]}
+        for dc in datacenters(rows)
+    ]
+    return {"datacenters": groups, "leaders": leaders,
+            "shards_without_leader": shards_without_leader(rows),
+            "unreachable": [r.node_id for r in rows if not r.reachable], **more}
+
+
+def ask_chatds(
+    addresses: Iterable[str], timeout: float = 3.0, *, tls: ClientTls | None = None
+) -> tuple[str, services_pb2.ClusterStatusReply] | None:
+    """``ChatD.ClusterStatus`` from the first ChatD that answers (and which one), else None."""
+    import grpc  # the network edge: the rest of this module stays pure
+
+    from bkv_api.v1 import services_pb2_grpc
+    from bkv_ops.tls import open_channel
+
+    for address in addresses:
+        with open_channel(address, tls) as channel:
+            try:
+                reply: services_pb2.ClusterStatusReply = services_pb2_grpc.ChatDStub(
+                    channel).ClusterStatus(services_pb2.ClusterStatusRequest(), timeout=timeout)
+            except grpc.RpcError:
+                continue
+        return address, reply
+    return None

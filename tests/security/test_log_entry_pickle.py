@@ -1,0 +1,56 @@
+"""pysyncobj unpickles every log entry it applies or replays; ours refuse globals.
+
+A pickle that names a global (here ``os.system``) is how bytes become code. Such
+an entry can come from a tampered journal on a node's disk (the disk is not
+trusted, DESIGN §6) or from an authenticated peer gone bad. The guard is
+``vault_node.safe_pickle``, installed as pysyncobj's pickle module by
+``vault_node.raft_core``; membership entries are JSON so they need no global.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pysyncobj.syncobj as syncobj_module
+import pytest
+
+from vault_node import raft_core, safe_pickle
+from vault_node.membership import Member, decode_change, encode_change
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pysyncobj_uses_the_safe_codec() -> None:
+    assert raft_core.safe_pickle is safe_pickle
+    assert syncobj_module.pickle is safe_pickle
+
+
+def test_an_entry_naming_a_global_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps((1, (_Exploit(marker),)), protocol=2)
+    with pytest.raises(safe_pickle.UnpicklingError):
+        syncobj_module.pickle.loads(payload)
+    assert not marker.exists()
+
+
+def test_plain_entries_still_round_trip() -> None:
+    entry = (7, (b"\x00\x01 canonical command bytes \xff",))
+    assert safe_pickle.loads(safe_pickle.dumps(entry)) == entry
+    assert safe_pickle.loads(safe_pickle.dumps(["x", 3, "y"])) == ["x", 3, "y"]
+
+
+def test_membership_entries_are_json_not_pickles() -> None:
+    member = Member("dc4-n1", "dc4", "10.0.0.9:7200", "10.0.0.9:7100")
+    encoded = encode_change("add", member)
+    assert b"\x80" not in encoded[:2]  # not a pickle header
+    assert decode_change(encoded) == ("add", member)
+    assert decode_change(pickle.dumps(["add", "x", None], protocol=2)) is None
+    assert decode_change(encoded.replace(b'"add"', b'"zap"')) is None

@@ -1,0 +1,236 @@
+"""Live membership changes on a real shard: add two, remove one, restart, refuse intruders."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from client_sdk.launcher_layout import free_ports
+from tests.vault.conftest import (
+    NODE_CMD,
+    Cluster,
+    VaultTestClient,
+    clean_env,
+    init_fleet,
+    write_node_configs,
+)
+from vault_node import cli
+from vault_node.admin import CMD_ADD, CMD_MEMBERS
+from vault_node.admin_client import AdminClient, AdminError
+from vault_node.membership import Member
+
+pytestmark = pytest.mark.cluster
+CATCH_UP_DEADLINE = 30.0
+ADMIN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> Ran:
+    """`bkv-vault-node ARGS` in this process (its real entry point), without BKV_* variables."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("BKV_")}
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args))
+    finally:
+        os.environ.update(saved)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+def admin(cfg: dict[str, Any], *args: str) -> Ran:
+    """Run a `bkv-vault-node` admin command against ``cfg``'s node."""
+    return run_cli(*args, "--config", cfg["config_path"])
+
+
+def members_json(cfg: dict[str, Any]) -> dict[str, Any]:
+    out = admin(cfg, "member", "list", "--json", "--timeout", str(ADMIN_TIMEOUT))
+    assert out.returncode == 0, out.stderr
+    view: dict[str, Any] = json.loads(out.stdout)
+    return view
+
+
+def new_node_config(cluster: Cluster, node_id: str, datacenter: str) -> dict[str, Any]:
+    """A config for a joining node: the current members as its peers, plus itself."""
+    raft_port, grpc_port = free_ports(2)
+    base = cluster.configs[0]
+    me = {"node_id": node_id, "datacenter": datacenter,
+          "raft_address": f"127.0.0.1:{raft_port}", "grpc_address": f"127.0.0.1:{grpc_port}"}
+    peers = [{k: p[k] for k in me} for p in base["peers"]] + [me]
+    cfg = {k: v for k, v in base.items() if k not in ("config_path", "peers", *me)}
+    cfg.update(me, peers=peers, data_dir=str(cluster.state / "nodes" / node_id))
+    path = cluster.state / f"{node_id}.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    cfg["config_path"] = str(path)
+    return cfg
+
+
+def start_node(cluster: Cluster, cfg: dict[str, Any]) -> None:
+    with open(cluster.state / f"{cfg['node_id']}.log", "ab") as log:
+        proc = subprocess.Popen([*NODE_CMD, "run", "--config", cfg["config_path"]],
+                                stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+    cluster.configs.append(cfg)
+    cluster.procs.append(proc)
+
+
+def stop_node(cluster: Cluster, node_id: str) -> None:
+    for cfg, proc in zip(cluster.configs, cluster.procs, strict=True):
+        if cfg["node_id"] == node_id and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+def wait_caught_up(cluster: Cluster, leader_grpc: str, follower_grpc: str) -> None:
+    """Bounded wait until the follower's state digest equals the leader's."""
+    end = time.monotonic() + CATCH_UP_DEADLINE
+    while time.monotonic() < end:
+        lead, follow = cluster.status(leader_grpc), cluster.status(follower_grpc)
+        if lead is not None and follow is not None and lead.state_digest == follow.state_digest \
+                and follow.last_applied >= lead.commit_index - 1:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{follower_grpc} did not catch up: {cluster.logs()}")
+
+
+def leader_grpc(view: dict[str, Any]) -> str:
+    leader = next(m for m in view["members"] if m["raft_address"] == view["leader"])
+    address: str = leader["grpc_address"]
+    return address
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    state = tmp_path_factory.mktemp("membership")
+    c = Cluster(state, init_fleet(state), write_node_configs(state, 3))
+    c.start()
+    try:
+        c.wait_for_leader()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_wrong_secret_is_refused_and_changes_nothing(shard: Cluster) -> None:
+    cfg = shard.configs[0]
+    intruder = AdminClient(b"not the transport secret at all")
+    outsider = Member("evil", "dc9", "127.0.0.1:1", "127.0.0.1:2")
+    for command in ([CMD_MEMBERS], [CMD_ADD, outsider.to_plain()]):
+        with pytest.raises(AdminError, match="closed the connection"):
+            intruder.request(cfg["raft_address"], command, timeout=5.0)
+    assert len(members_json(cfg)["members"]) == 3
+    # The CLI with a wrong secret file: clear one-line error, exit 3, nothing changed.
+    bad = shard.state / "wrong.toml"
+    wrong_secret = shard.state / "secrets" / "wrong.secret"
+    wrong_secret.write_text(secrets.token_hex(32))
+    raw = {k: v for k, v in cfg.items() if k != "config_path"}
+    bad.write_text(tomli_w.dumps({**raw, "transport_secret_file": str(wrong_secret)}))
+    out = subprocess.run(
+        [*NODE_CMD, "member", "add", "--config", str(bad), "--timeout", "3", "--node-id", "evil",
+         "--datacenter", "dc9", "--raft-address", "127.0.0.1:1", "--grpc-address", "127.0.0.1:2"],
+        capture_output=True, text=True, timeout=60, env=clean_env(), check=False,
+    )
+    assert out.returncode == 3
+    assert "Traceback" not in out.stderr and "transport secret" in out.stderr
+    assert [m["node_id"] for m in members_json(cfg)["members"]].count("evil") == 0
+
+
+def test_guard_rails_refuse_clearly(shard: Cluster) -> None:
+    cfg, other = shard.configs[0], shard.configs[1]
+    below = admin(cfg, "member", "remove", "--node-id", other["node_id"], "--timeout", "10")
+    assert below.returncode == 3 and "below 3 members" in below.stderr
+    taken = admin(cfg, "member", "add", "--node-id", other["node_id"], "--datacenter", "dc1",
+                  "--raft-address", "127.0.0.1:1", "--grpc-address", "127.0.0.1:2",
+                  "--timeout", "10")
+    assert taken.returncode == 3 and "already a member" in taken.stderr
+    bad = admin(cfg, "member", "add", "--node-id", "x", "--datacenter", "dc1",
+                "--raft-address", "nowhere", "--grpc-address", "127.0.0.1:2")
+    assert bad.returncode == 2 and "host:port" in bad.stderr
+    for out in (below, taken, bad):
+        assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert len(members_json(cfg)["members"]) == 3
+
+
+def test_add_two_remove_one_then_restart(shard: Cluster) -> None:
+    first = shard.configs[0]
+    client = VaultTestClient(shard.wait_for_leader(), shard.fleet_public_key)
+    accounts = {f"acct-{secrets.token_hex(5)}": secrets.token_bytes(32) for _ in range(3)}
+    try:
+        for account, key in accounts.items():
+            client.register(account, b"pw-" + account.encode(), key)
+    finally:
+        client.close()
+
+    for node_id, dc in (("dc1-n4", "dc1"), ("dc2-n5", "dc2")):
+        cfg = new_node_config(shard, node_id, dc)
+        start_node(shard, cfg)
+        out = admin(first, "member", "add", "--node-id", node_id, "--datacenter", dc,
+                    "--raft-address", cfg["raft_address"], "--grpc-address", cfg["grpc_address"],
+                    "--timeout", str(ADMIN_TIMEOUT))
+        assert out.returncode == 0, out.stderr + shard.logs()
+        assert node_id in out.stdout
+        # one change at a time: the command returned only once the change committed
+        view = members_json(first)
+        assert not view.get("change_in_progress")
+        wait_caught_up(shard, leader_grpc(view), cfg["grpc_address"])
+    assert len(members_json(first)["members"]) == 5
+
+    # Remove the leader itself: leadership moves first, then the shard keeps serving.
+    view = members_json(first)
+    victim = next(c for c in shard.configs if c["raft_address"] == view["leader"])
+    asker = next(c for c in shard.configs if c is not victim)
+    out = admin(asker, "member", "remove", "--node-id", victim["node_id"],
+                "--timeout", str(ADMIN_TIMEOUT))
+    assert out.returncode == 0, out.stderr
+    assert victim["node_id"] not in out.stdout
+    stop_node(shard, victim["node_id"])
+    survivors = [c for c in shard.configs if c["node_id"] != victim["node_id"]]
+    view = members_json(survivors[0])
+    assert sorted(m["node_id"] for m in view["members"]) == sorted(c["node_id"]
+                                                                   for c in survivors)
+    _recover_all(shard, view, accounts)
+
+    # Restart every survivor with its unchanged TOML: membership comes from the log.
+    shard.stop()
+    shard.configs, shard.procs = [], []
+    for cfg in survivors:
+        start_node(shard, cfg)
+    view = members_json(survivors[-1])
+    assert sorted(m["node_id"] for m in view["members"]) == sorted(c["node_id"]
+                                                                   for c in survivors)
+    _recover_all(shard, view, accounts)
+
+
+def _recover_all(shard: Cluster, view: dict[str, Any], accounts: dict[str, bytes]) -> None:
+    client = VaultTestClient(leader_grpc(view), shard.fleet_public_key)
+    try:
+        for account, key in accounts.items():
+            assert client.recover(account, b"pw-" + account.encode()) == key
+    finally:
+        client.close()
+
+
+def test_removal_below_three_members_is_refused(tmp_path: Path) -> None:
+    from vault_node.membership import MembershipError, check_removal
+
+    three = [Member(f"n{i}", "dc1", f"127.0.0.1:{9000 + i}", f"127.0.0.1:{9100 + i}")
+             for i in range(3)]
+    with pytest.raises(MembershipError, match="below 3"):
+        check_removal(three, "n0")
+    assert check_removal([*three, Member("n3", "dc2", "127.0.0.1:9003", "")], "n3").node_id == "n3"
