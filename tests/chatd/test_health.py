@@ -15,7 +15,7 @@ from chatd_proxy.config import ChatDConfig
 from chatd_proxy.health import NOT_SERVING, SERVING
 from chatd_proxy.server import ChatDServer
 from client_sdk import compose_layout
-from tests.vault.conftest import Cluster, init_fleet, write_node_configs
+from tests.vault.conftest import Cluster, started_cluster
 
 SERVICES = ("", "bkv.v1.ChatD")
 WAIT_SECONDS = 10.0
@@ -67,14 +67,8 @@ def wait_status(port: int, want: int, deadline: float = WAIT_SECONDS) -> float:
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A one-node shard: it elects itself at once."""
-    state = tmp_path_factory.mktemp("chatd-health")
-    c = Cluster(state, init_fleet(state), write_node_configs(state, 1))
-    c.start()
-    try:
-        c.wait_for_leader()
+    with started_cluster(tmp_path_factory.mktemp("chatd-health"), 1) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.mark.cluster

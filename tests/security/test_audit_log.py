@@ -30,8 +30,7 @@ from tests.vault.conftest import (
     VaultCallError,
     VaultTestClient,
     clean_env,
-    init_fleet,
-    write_node_configs,
+    started_cluster,
 )
 from vault_node import state as st
 from vault_node.audit import (
@@ -186,14 +185,8 @@ def test_single_node_restart_replays_without_duplicates(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def audit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    state = tmp_path_factory.mktemp("audit-cluster")
-    c = Cluster(state, init_fleet(state), write_node_configs(state, 3))
-    c.start()
-    try:
-        c.wait_for_leader()
+    with started_cluster(tmp_path_factory.mktemp("audit-cluster"), 3) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _trail(cfg: dict[str, Any]) -> list[tuple[Any, ...]]:

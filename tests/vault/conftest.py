@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -177,17 +178,22 @@ class Cluster:
                 proc.wait(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    state = tmp_path_factory.mktemp("vault-cluster")
-    keys = init_fleet(state)
-    c = Cluster(state, keys, write_node_configs(state, 3))
+@contextlib.contextmanager
+def started_cluster(state: Path, size: int, **extra: Any) -> Iterator[Cluster]:
+    """A fresh fleet and ``size`` node processes with a leader elected; stopped on exit."""
+    c = Cluster(state, init_fleet(state), write_node_configs(state, size, **extra))
     c.start()
     try:
         c.wait_for_leader()
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with started_cluster(tmp_path_factory.mktemp("vault-cluster"), 3) as c:
+        yield c
 
 
 class VaultCallError(Exception):

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client_sdk import compose_layout
-from tests.vault.conftest import NODE_CMD, Cluster, clean_env, init_fleet, write_node_configs
+from tests.vault.conftest import NODE_CMD, Cluster, clean_env, started_cluster
 from vault_node.health import NOT_SERVING, SERVING, vault_health
 
 SERVICES = ("", "bkv.v1.Vault")
@@ -45,14 +45,8 @@ def wait_status(address: str, want: int, deadline: float = WAIT_SECONDS) -> floa
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    state = tmp_path_factory.mktemp("vault-health")
-    c = Cluster(state, init_fleet(state), write_node_configs(state, 3))
-    c.start()
-    try:
-        c.wait_for_leader()
+    with started_cluster(tmp_path_factory.mktemp("vault-health"), 3) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.mark.cluster

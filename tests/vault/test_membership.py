@@ -23,8 +23,7 @@ from tests.vault.conftest import (
     Cluster,
     VaultTestClient,
     clean_env,
-    init_fleet,
-    write_node_configs,
+    started_cluster,
 )
 from vault_node import cli
 from vault_node.admin import CMD_ADD, CMD_MEMBERS
@@ -117,14 +116,8 @@ def leader_grpc(view: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    state = tmp_path_factory.mktemp("membership")
-    c = Cluster(state, init_fleet(state), write_node_configs(state, 3))
-    c.start()
-    try:
-        c.wait_for_leader()
+    with started_cluster(tmp_path_factory.mktemp("membership"), 3) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_wrong_secret_is_refused_and_changes_nothing(shard: Cluster) -> None:
