@@ -33,6 +33,9 @@ JOURNAL_FILE = "raft.journal"
 SNAPSHOT_FILE = "raft.snapshot"
 
 
+DNS_CACHE_SECONDS = 5.0  # pysyncobj's default of 600 s outlives a container's address
+
+
 class NotLeaderError(Exception):
     """This node can't commit: it is not (or no longer) the leader of the current term."""
 
@@ -157,6 +160,10 @@ class ReplicatedVault:
             "logCompactionMinTime": config.snapshot_min_interval,
             "maxBindRetries": 5,
             "bindRetryTime": 0.2,
+            # Peers are named by DNS in container deployments, where an address can move
+            # to another container after a network reconnect: don't trust a lookup long.
+            "dnsCacheTime": DNS_CACHE_SECONDS,
+            "dnsFailCacheTime": DNS_CACHE_SECONDS,
             "onStateChanged": self._on_state_changed,
             "bindAddress": bind,
         }
