@@ -87,6 +87,8 @@ def audit_record(
         if not isinstance(command, Delete):
             record["attempts"] = result.attempts
             record["limit"] = result.limit
+        if result.repeated:  # a guess already counted since the last reset, delivered again
+            record["repeated"] = True
     return record
 
 

@@ -121,7 +121,8 @@ class VaultMetrics(MetricsEndpoint):
     def committed(self, command: st.Command, result: st.ApplyResult, started: float) -> None:
         """Record one submit: its latency, and the guess or destruction it committed."""
         self.commit_seconds.observe(time.monotonic() - started)
-        if isinstance(command, st.BeginAttempt) and result.outcome == st.Outcome.GRANTED:
+        if (isinstance(command, st.BeginAttempt) and result.outcome == st.Outcome.GRANTED
+                and not result.repeated):  # a re-delivered guess counts nothing new
             self.attempts_counted.inc()
         # Only the command that destroyed the record reports its attempt count; a
         # BeginAttempt on an already-destroyed record reports none (attempts == 0).

@@ -2,9 +2,13 @@
 
 Invariant 1 lives here: LOGIN_START commits ``BeginAttempt`` through Raft and
 waits for it *before* computing KE2, so every KE2 that leaves the leader is a
-guess already counted on a majority. A verified KE3 commits ``ResetAttempts``
-before the deposit is released. Only the current leader answers; all other
-nodes refuse with FAILED_PRECONDITION and a hint to the leader.
+guess already counted on a majority. The guess is named by a tag derived from
+the KE1's blinded element (``guess_tag``), so a KE1 delivered again -- ChatD
+retrying after a lost reply, or replaying a captured request -- is the same
+guess and is not counted twice (see ``vault_node.state``). A verified KE3
+commits ``ResetAttempts`` before the deposit is released. Only the current
+leader answers; all other nodes refuse with FAILED_PRECONDITION and a hint to
+the leader.
 
 Envelope problems (garbled, other shard, body not matching the type) are gRPC
 INVALID_ARGUMENT; protocol outcomes travel sealed inside ``VaultReply.error`` so
@@ -15,8 +19,11 @@ the leader measurable CPU), failures and destructions stay INFO.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
+from collections import OrderedDict
 from typing import Any, NoReturn, Protocol
 
 import grpc
@@ -31,6 +38,7 @@ from bkv_protocol.ksf import ksf_from_descriptor
 from bkv_protocol.opaque_messages import (
     KE1,
     KE3_BYTES,
+    NOE,
     REGISTRATION_REQUEST_BYTES,
     RegistrationRecord,
 )
@@ -47,6 +55,7 @@ log = logging.getLogger("bkv.vault.service")
 MAX_ACCOUNT_BYTES = 256
 MAX_KSF_DESCRIPTOR = 256
 LEADER_METADATA_KEY = "bkv-leader"
+GUESS_TAG_LABEL = b"bkv-guess-tag-v1\x00"
 
 _BODY_FOR_TYPE = {
     pb.REGISTER_START: "register_start",
@@ -92,6 +101,11 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         self._hsm = hsm
         self._replica = replica
         self._sessions = sessions
+        # (account id, guess tag) -> the newest session for that guess, so a
+        # re-delivered KE1 replaces its session instead of adding one: free
+        # replays must not fill the session table. Oldest forgotten first.
+        self._guess_sessions: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        self._guess_lock = threading.Lock()
 
     # ---- gRPC entry points -------------------------------------------------
 
@@ -210,13 +224,14 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         self, body: pb.LoginStart, account: str, account_id: bytes, context: Any
     ) -> pb.VaultReply:
         try:  # length and both points, before a guess is counted for a request that can't run
-            KE1.parse(body.ke1)
+            ke1 = KE1.parse(body.ke1)
         except ProtocolError:
             raise _Reply(_Code.BAD_REQUEST, "malformed KE1") from None
         if not self._sessions.has_room():
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many login sessions")
         # Invariant 1: the guess is durably counted before anything about it is computed.
-        result = self._submit(st.BeginAttempt(account_id))
+        tag = guess_tag(account_id, ke1.blinded_message)
+        result = self._submit(st.BeginAttempt(account_id, tag))
         if result.outcome == st.Outcome.NOT_REGISTERED:
             raise _Reply(_Code.NOT_REGISTERED, "account not registered")
         if result.outcome == st.Outcome.DESTROYED:
@@ -249,7 +264,9 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             expires_at=self._sessions.deadline(),
         )
         self._sessions.add(session)
-        log.debug("login started for %s (%d left)", account_id.hex()[:12], attempts_left)
+        self._replace_guess_session(account_id, tag, session.session_id)
+        log.debug("login started for %s (%d left%s)", account_id.hex()[:12], attempts_left,
+                  ", guess already counted" if result.repeated else "")
         return pb.VaultReply(
             login_start=pb.LoginStartReply(
                 session_id=session.session_id,
@@ -284,6 +301,21 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         return pb.VaultReply(login_finish=pb.LoginFinishReply(sealed_deposit=sealed))
 
     # ---- housekeeping -------------------------------------------------------
+
+    def _replace_guess_session(self, account_id: bytes, tag: bytes, session_id: bytes) -> None:
+        """Make ``session_id`` the only live session of this guess; drop the previous one.
+
+        The client behind a re-delivered KE1 sees only the last reply, so the
+        earlier session can never be finished. A dropped last-attempt session
+        needs no destruction: its replacement is a last attempt too.
+        """
+        with self._guess_lock:
+            previous = self._guess_sessions.pop((account_id, tag), None)
+            self._guess_sessions[(account_id, tag)] = session_id
+            while len(self._guess_sessions) > self._cfg.max_sessions:
+                self._guess_sessions.popitem(last=False)
+        if previous is not None:
+            self._sessions.take(previous, account_id, self._cfg.shard)
 
     def sweep_expired(self) -> int:
         """Drop expired sessions; a lapsed last attempt destroys the record. Returns count."""
@@ -327,6 +359,20 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         if peer is not None and peer.node_id != self._cfg.node_id:
             context.set_trailing_metadata(((LEADER_METADATA_KEY, peer.grpc_address),))
         _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "not leader")
+
+
+def guess_tag(account_id: bytes, blinded_element: bytes) -> bytes:
+    """Name one password guess: the OPRF input it is tested through, per account.
+
+    Every KE2 for the same blinded element carries the same OPRF evaluation, so
+    they all test the same password. The element is uniformly random to anyone
+    without the client's blind, so the tag reveals nothing and may be replicated.
+    Both inputs have fixed lengths, so plain concatenation is unambiguous.
+    """
+    if len(account_id) != st.ACCOUNT_ID_BYTES or len(blinded_element) != NOE:
+        raise ValueError("account id or blinded element has the wrong length")
+    digest = hashlib.sha256(GUESS_TAG_LABEL + account_id + blinded_element).digest()
+    return digest[: st.GUESS_TAG_BYTES]
 
 
 def _check_envelope(account: str, shard: int, mtype: int, my_shard: int, context: Any) -> None:

@@ -5,6 +5,13 @@ the same state, so nothing here reads clocks, randomness or the environment.
 The Raft layer (``vault_node.replication``) only moves encoded commands around;
 all policy -- attempt counting and destruction -- lives here, where it can be
 tested exhaustively without sockets.
+
+What is counted is distinct guesses, not deliveries: a ``BeginAttempt`` whose
+guess tag was already counted since the last reset is the same guess delivered
+again (a retried or replayed KE1) and costs nothing. That keeps the limit exact,
+because a guess is tested through the OPRF evaluation of the KE1's blinded
+element, which is deterministic: any number of KE2 for one blinded element test
+one password.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 
 ACCOUNT_ID_BYTES = 32
 RECORD_ID_BYTES = 16
+GUESS_TAG_BYTES = 16
 MIN_LIMIT = 1
 MAX_LIMIT = 100
 MAX_SEALED_RECORD_BYTES = 16 * 1024  # keeps every log entry far below one Raft batch
@@ -48,12 +56,18 @@ class Put:
 
 @dataclass(frozen=True)
 class BeginAttempt:
-    """Count one password guess before the guess can be tested."""
+    """Count one password guess before the guess can be tested.
+
+    ``guess_tag`` (``GUESS_TAG_BYTES``) names the guess; the service derives it from
+    the KE1's blinded element. Empty means untagged (log entries written before
+    tags existed): such an attempt is always counted.
+    """
 
     account_id: bytes
+    guess_tag: bytes = b""
 
     def __repr__(self) -> str:
-        return "BeginAttempt()"
+        return f"BeginAttempt(tagged={bool(self.guess_tag)})"
 
 
 @dataclass(frozen=True)
@@ -100,23 +114,30 @@ class ApplyResult:
     sealed_record: bytes = b""
     attempts: int = 0
     limit: int = 0
+    repeated: bool = False  # GRANTED for a guess already counted: nothing was counted now
 
     def __repr__(self) -> str:
         return (
             f"ApplyResult(outcome={self.outcome.value}, attempts={self.attempts}, "
-            f"limit={self.limit}, sealed_record=<{len(self.sealed_record)} bytes>)"
+            f"limit={self.limit}, repeated={self.repeated}, "
+            f"sealed_record=<{len(self.sealed_record)} bytes>)"
         )
 
 
 @dataclass(frozen=True)
 class AccountEntry:
-    """One account's state. A destroyed entry is a tombstone with no sealed record."""
+    """One account's state. A destroyed entry is a tombstone with no sealed record.
+
+    ``guess_tags`` are the tagged guesses counted since the last reset, in the
+    order counted: at most ``attempts`` of them, none once destroyed.
+    """
 
     record_id: bytes
     sealed_record: bytes
     attempts: int
     limit: int
     destroyed: bool = False
+    guess_tags: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -141,6 +162,8 @@ def validate(command: object) -> None:
     _check_bytes(command.account_id, "account_id", ACCOUNT_ID_BYTES)
     if isinstance(command, Put | ResetAttempts | DestroyIfExhausted):
         _check_bytes(command.record_id, "record_id", RECORD_ID_BYTES)
+    if isinstance(command, BeginAttempt) and command.guess_tag != b"":
+        _check_bytes(command.guess_tag, "guess_tag", GUESS_TAG_BYTES)
     if isinstance(command, Put):
         _check_bytes(command.sealed_record, "sealed_record", maximum=MAX_SEALED_RECORD_BYTES)
         if not command.sealed_record:
@@ -161,7 +184,11 @@ _TAGS: dict[type, int] = {
 
 
 def encode_command(command: Command) -> bytes:
-    """Encode a validated command as tag + fixed fields (+ limit and record for Put)."""
+    """Encode a validated command as tag + fixed fields (+ limit and record for Put).
+
+    A BeginAttempt carries its guess tag after the account id, or nothing when
+    untagged: exactly the form entries had before tags existed.
+    """
     validate(command)
     tag = _TAGS[type(command)]
     out = bytes([tag]) + command.account_id
@@ -169,6 +196,8 @@ def encode_command(command: Command) -> bytes:
         out += command.record_id + struct.pack(">H", command.limit) + command.sealed_record
     elif isinstance(command, ResetAttempts | DestroyIfExhausted):
         out += command.record_id
+    elif isinstance(command, BeginAttempt):
+        out += command.guess_tag
     return out
 
 
@@ -185,8 +214,10 @@ def decode_command(data: bytes) -> Command:
         record_id = rest[:RECORD_ID_BYTES]
         (limit,) = struct.unpack(">H", rest[RECORD_ID_BYTES : RECORD_ID_BYTES + 2])
         command = Put(account_id, record_id, rest[RECORD_ID_BYTES + 2 :], limit)
-    elif tag in (2, 5) and not rest:
-        command = BeginAttempt(account_id) if tag == 2 else Delete(account_id)
+    elif tag == 2 and len(rest) in (0, GUESS_TAG_BYTES):
+        command = BeginAttempt(account_id, rest)
+    elif tag == 5 and not rest:
+        command = Delete(account_id)
     elif tag in (3, 4) and len(rest) == RECORD_ID_BYTES:
         cls = ResetAttempts if tag == 3 else DestroyIfExhausted
         command = cls(account_id, rest)
@@ -260,6 +291,10 @@ class VaultState:
         if isinstance(command, BeginAttempt):
             if current.destroyed:
                 return ApplyResult(Outcome.DESTROYED, current.record_id, limit=current.limit)
+            tag = command.guess_tag
+            if tag and tag in current.guess_tags:  # the same guess again: already paid for
+                return ApplyResult(Outcome.GRANTED, current.record_id, current.sealed_record,
+                                   current.attempts, current.limit, repeated=True)
             if current.attempts >= current.limit:
                 self._destroy(command.account_id, current)
                 return ApplyResult(
@@ -269,8 +304,9 @@ class VaultState:
                     limit=current.limit,
                 )
             attempts = current.attempts + 1
+            tags = (*current.guess_tags, tag) if tag else current.guess_tags
             entries[command.account_id] = AccountEntry(
-                current.record_id, current.sealed_record, attempts, current.limit
+                current.record_id, current.sealed_record, attempts, current.limit, False, tags
             )
             return ApplyResult(
                 Outcome.GRANTED, current.record_id, current.sealed_record, attempts, current.limit
@@ -311,17 +347,22 @@ class VaultState:
                 + e.record_id
                 + struct.pack(">HHBI", e.attempts, e.limit, int(e.destroyed), len(e.sealed_record))
                 + e.sealed_record
+                + struct.pack(">B", len(e.guess_tags))  # at most MAX_LIMIT, fixed-size tags
+                + b"".join(e.guess_tags)
             )
         return b"".join(parts)
 
     def digest(self) -> bytes:
         """SHA-256 over a canonical encoding of every entry: equal digests mean equal states."""
-        return hashlib.sha256(b"bkv-vault-state-v1\x00" + self._canonical()).digest()
+        return hashlib.sha256(b"bkv-vault-state-v2\x00" + self._canonical()).digest()
 
     def to_plain(self) -> dict[str, Any]:
-        """Snapshot as JSON-compatible plain data (hex strings, ints, bools)."""
+        """Snapshot as JSON-compatible plain data (hex strings, ints, bools).
+
+        Version 2 adds each entry's guess tags; version 1 snapshots (no tags) still load.
+        """
         return {
-            "version": 1,
+            "version": 2,
             "entries": [
                 [
                     account_id.hex(),
@@ -330,6 +371,7 @@ class VaultState:
                     e.attempts,
                     e.limit,
                     e.destroyed,
+                    [t.hex() for t in e.guess_tags],
                 ]
                 for account_id, e in sorted(self._entries.items())
             ],
@@ -338,27 +380,42 @@ class VaultState:
     @classmethod
     def from_plain(cls, plain: dict[str, Any]) -> VaultState:
         """Rebuild a state from ``to_plain`` output; raises ValueError if malformed."""
-        if not isinstance(plain, dict) or plain.get("version") != 1:
+        version = plain.get("version") if isinstance(plain, dict) else None
+        if version not in (1, 2):
             raise ValueError("unsupported snapshot version")
         state = cls()
         try:
-            for account_hex, record_hex, sealed_hex, attempts, limit, destroyed in plain["entries"]:
-                account_id, record_id = bytes.fromhex(account_hex), bytes.fromhex(record_hex)
-                sealed = bytes.fromhex(sealed_hex)
-                if (
-                    len(account_id) != ACCOUNT_ID_BYTES
-                    or len(record_id) != RECORD_ID_BYTES
-                    or type(attempts) is not int
-                    or type(limit) is not int
-                    or type(destroyed) is not bool
-                    or not 0 <= attempts <= limit
-                    or not MIN_LIMIT <= limit <= MAX_LIMIT
-                    or (destroyed and sealed)
-                ):
+            for item in plain["entries"]:
+                if not isinstance(item, list) or len(item) != (6 if version == 1 else 7):
                     raise ValueError("malformed snapshot entry")
-                state._entries[account_id] = AccountEntry(
-                    record_id, sealed, attempts, limit, destroyed
-                )
+                account_id = bytes.fromhex(item[0])
+                if len(account_id) != ACCOUNT_ID_BYTES or account_id in state._entries:
+                    raise ValueError("malformed snapshot entry")
+                state._entries[account_id] = _entry_from_plain(item[1:])
         except (KeyError, TypeError) as err:
             raise ValueError("malformed snapshot") from err
         return state
+
+
+def _entry_from_plain(item: list[Any]) -> AccountEntry:
+    """One snapshot entry after its account id; version 1 entries have no tag list."""
+    record_hex, sealed_hex, attempts, limit, destroyed, *rest = item
+    record_id, sealed = bytes.fromhex(record_hex), bytes.fromhex(sealed_hex)
+    tag_list = rest[0] if rest else []
+    if not isinstance(tag_list, list):
+        raise ValueError("malformed snapshot entry")
+    tags = tuple(bytes.fromhex(t) for t in tag_list)
+    if (
+        len(record_id) != RECORD_ID_BYTES
+        or type(attempts) is not int
+        or type(limit) is not int
+        or type(destroyed) is not bool
+        or not 0 <= attempts <= limit
+        or not MIN_LIMIT <= limit <= MAX_LIMIT
+        or (destroyed and (sealed or tags))
+        or len(tags) > attempts
+        or len(set(tags)) != len(tags)
+        or any(len(t) != GUESS_TAG_BYTES for t in tags)
+    ):
+        raise ValueError("malformed snapshot entry")
+    return AccountEntry(record_id, sealed, attempts, limit, destroyed, tags)

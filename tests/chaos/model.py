@@ -15,14 +15,19 @@ changes this state, so it is atomic here:
 * ``finish(wrong)``   -- LOGIN_FAILED carrying the ``attempts_left`` of its own
   KE2 (the session's value, not the current state's).
 
+The vault counts distinct guesses since the last reset (a KE1's blinded
+element, ``guess_tag`` in ``service.py``), so the state also holds the begin ops
+counted since then: a begin already in that set is the same guess delivered
+again and changes nothing. Every workload begin sends a fresh KE1.
+
 Where the reply is not a pure function of the replicated state, the model is
 permissive and says so below. Retries inside ChatD (after UNAVAILABLE or a
 deadline on one node) may commit one request twice; ``operations_by_account``
 therefore adds "ghost" optional repeats of begins and registers. A repeated
-begin can only add counted guesses, never explain a lost one; a repeated Put
-re-registers the same generation within its own register's interval. A ghost
-may fall anywhere in that interval (in truth it precedes the op's own commit):
-a slightly larger set of histories is accepted, all with more guesses counted.
+begin counts only if a reset came in between (the same guess after a reset is
+a new test of the password); a repeated Put re-registers the same generation
+within its own register's interval. A ghost may fall anywhere in that interval
+(in truth it precedes the op's own commit).
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ from .lincheck import PENDING, Operation
 
 
 class State(NamedTuple):
-    """One account: generation (None = never registered), counted guesses, destroyed."""
+    """One account: generation (None = never registered), counted guesses, destroyed,
+    and which begin ops were counted since the last reset."""
 
     gen: int | None
     attempts: int
     destroyed: bool
+    counted: frozenset[int] = frozenset()
 
 
 # Normalised results (hashable, comparable).
@@ -67,14 +74,22 @@ class VaultModel:
         if kind == "register":
             return [State(call[1], 0, False)]
         if kind == "begin":
-            return self._begin(state, ret)
+            return self._begin(state, call[1], ret)
         if kind == "finish":
             return self._finish(state, bool(call[1]), call[2], ret)
         raise ValueError(f"unknown call {kind!r}")
 
-    def _begin(self, state: State, ret: Any) -> list[State]:
-        gen, attempts, destroyed = state
+    def _begin(self, state: State, op: int | None, ret: Any) -> list[State]:
+        gen, attempts, destroyed, counted = state
         out: tuple[Any, ...]
+        if gen is not None and not destroyed and op in counted:
+            # The same guess again: granted with the current count. At the limit a
+            # DestroyIfExhausted (folded into "attempts >= N" here) may have come first.
+            if ret is PENDING or ret == ("ke2", self.limit - attempts):
+                return [state]
+            if ret == DESTROYED and attempts >= self.limit:
+                return [State(gen, attempts, True)]
+            return []
         if gen is None:
             out, new = NOT_REGISTERED, state
         elif destroyed:
@@ -82,11 +97,12 @@ class VaultModel:
         elif attempts >= self.limit:
             out, new = DESTROYED, State(gen, attempts, True)
         else:
-            out, new = ("ke2", self.limit - (attempts + 1)), State(gen, attempts + 1, False)
+            out = ("ke2", self.limit - (attempts + 1))
+            new = State(gen, attempts + 1, False, counted if op is None else counted | {op})
         return [new] if ret is PENDING or ret == out else []
 
     def _finish(self, state: State, correct: bool, ke2_left: int | None, ret: Any) -> list[State]:
-        gen, attempts, destroyed = state
+        gen, attempts, destroyed, _counted = state
         live = gen is not None and not destroyed
         reset: list[State] = [State(gen, 0, False)] if live else []
         if correct:
@@ -137,7 +153,9 @@ def normalise_result(f: str, value: Any) -> tuple[Any, ...]:
     return ("other", repr(value))
 
 
-def call_of(f: str, value: Any, observed: set[Any] | None = None) -> tuple[Any, ...]:
+def call_of(
+    f: str, value: Any, observed: set[Any] | None = None, op: int | None = None
+) -> tuple[Any, ...]:
     """The model call for an invocation (its value carries no secret, only gens and flags).
 
     With ``observed`` (the generations some finish released), every other
@@ -151,7 +169,7 @@ def call_of(f: str, value: Any, observed: set[Any] | None = None) -> tuple[Any, 
         gen = value.get("gen")
         return ("register", gen if observed is None or gen in observed else UNSEEN)
     if f == "begin":
-        return ("begin",)
+        return ("begin", op)
     if f == "finish":
         correct = bool(value.get("correct"))
         left = value.get("ke2_attempts_left")
@@ -167,10 +185,10 @@ def operations_by_account(
     ``fail`` ops are left out (they did not take effect); ``info`` and
     never-completed ops are optional with no deadline, except a wrong finish of
     unknown outcome, which cannot change the model state and is left out too.
-    Every begin and every register that may have run brings ``extra_counts``
-    optional ghost repeats, limited to its own interval (or unlimited if its
-    outcome is unknown): a command ChatD may have committed on a try whose
-    reply was lost before it retried.
+    Every answered begin and every register that may have run brings
+    ``extra_counts`` optional ghost repeats, limited to its own interval (or
+    unlimited if its outcome is unknown): a command ChatD may have committed on
+    a try whose reply was lost before it retried.
     """
     invoked: dict[int, tuple[int, Event]] = {}
     ended: dict[int, tuple[int, Event]] = {}
@@ -185,7 +203,14 @@ def operations_by_account(
     for op_id, (pos, inv) in sorted(invoked.items(), key=lambda kv: kv[1][0]):
         end = ended.get(op_id)
         kind = end[1].type if end is not None else "pending"
-        call = call_of(inv.f, inv.value, released.get(inv.account, set()))
+        # Only a begin with a definite answer carries its id: the id lets its ghost
+        # repeats count once between resets. A begin of unknown outcome counts at
+        # most once, wherever it is placed (tracking it too makes the search blow up).
+        ghosts = extra_counts if inv.f == "register" and kind != "fail" else 0
+        if inv.f == "begin" and kind == "ok":
+            call, ghosts = call_of(inv.f, inv.value, op=op_id), extra_counts
+        else:
+            call = call_of(inv.f, inv.value, released.get(inv.account, set()))
         ops = out.setdefault(inv.account, [])
         complete = float(end[0]) if end is not None and kind != "info" else math.inf
         label = f"op {op_id} ({inv.proc}) {inv.f} {inv.value} -> "
@@ -196,8 +221,8 @@ def operations_by_account(
                                  label + json_repr(end[1].value)))
         elif kind in ("info", "pending") and call[:2] != ("finish", False):
             ops.append(Operation(op_id, call, PENDING, pos, math.inf, False, label + "unknown"))
-        if inv.f == "begin" or (inv.f == "register" and kind != "fail"):
-            for _ in range(extra_counts):
+        if ghosts:
+            for _ in range(ghosts):
                 ops.append(Operation(ghost_id, call, PENDING, pos, complete, False,
                                      f"possible repeat of op {op_id}"))
                 ghost_id -= 1

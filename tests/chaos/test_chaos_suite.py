@@ -52,9 +52,10 @@ CONVERGE_TIMEOUT = 120.0
 WORKLOAD_STOP_TIMEOUT = 90.0
 VERIFY_TIMEOUT = 180.0
 MAX_OPS = 100_000
-# ChatD re-sends a KE1 when a try fails (leader lost, deadline), and a try whose reply was
-# lost may still have counted a guess: one login can cost several. Bounded by ChatD's
-# deadline; up to 3 counts for one KE1 were seen under this schedule.
+# ChatD re-sends a request when a try fails (leader lost, deadline), and a try whose reply
+# was lost may still have committed. The vault counts a re-sent KE1 once between resets
+# (so a begin's repeats change nothing unless a reset came in between); a re-sent
+# REGISTER_FINISH commits its Put again. Up to 3 tries of one request were seen here.
 CHATD_EXTRA_COUNTS = 3
 # `make chaos` and CI never skip: no engine is a failure there
 REQUIRE_ENGINE = os.environ.get("BKV_CHAOS_REQUIRE_ENGINE") == "1" or os.environ.get(

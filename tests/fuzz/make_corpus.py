@@ -60,7 +60,8 @@ def _commands() -> list[st.Command]:
     account, record_id = hashlib.sha256(b"account").digest(), bytes(range(16))
     return [
         st.Put(account, record_id, b"sealed record " * 4, 10),
-        st.BeginAttempt(account),
+        st.BeginAttempt(account, bytes(range(16, 32))),  # tagged, as the service sends it
+        st.BeginAttempt(account),  # untagged, as logged before guess tags
         st.ResetAttempts(account, record_id),
         st.DestroyIfExhausted(account, record_id),
         st.Delete(account),

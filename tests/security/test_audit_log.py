@@ -98,6 +98,16 @@ def test_records_name_the_event_and_never_the_sealed_record() -> None:
     assert json.loads(line)["outcome"] == "granted" and json.loads(line)["attempts"] == 1
 
 
+def test_a_re_delivered_guess_is_marked_repeated() -> None:
+    state, account, tag = st.VaultState(), b"\x01" * 32, b"\x07" * 16
+    state.apply(st.Put(account, b"\x02" * 16, b"sealed", 3))
+    first = state.apply(st.BeginAttempt(account, tag))
+    again = state.apply(st.BeginAttempt(account, tag))
+    assert "repeated" not in audit_record(2, st.BeginAttempt(account, tag), first, None)
+    line = audit_record(3, st.BeginAttempt(account, tag), again, None)
+    assert line["repeated"] is True and line["attempts"] == 1 == first.attempts
+
+
 def test_stamped_entries_round_trip_and_old_entries_still_decode() -> None:
     for command in _commands():
         assert st.decode_entry(st.encode_entry(command, 42)) == (command, 42)

@@ -13,13 +13,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
 from bkv_api.v1 import envelope_pb2 as pb
-from bkv_protocol import opaque, sealing
+from bkv_protocol import group, opaque, sealing, tokens
+from bkv_protocol.opaque_messages import NOE
 from client_sdk.config import ClientConfig
 from client_sdk.launcher import LocalCluster
 from tests.security.conftest import (
@@ -29,9 +31,10 @@ from tests.security.conftest import (
     direct_client,
     leader_address,
     new_account,
+    signing_key,
     wait_until,
 )
-from tests.vault.conftest import VaultCallError, VaultTestClient
+from tests.vault.conftest import LoginInProgress, VaultCallError, VaultTestClient
 
 pytestmark = pytest.mark.cluster
 
@@ -91,29 +94,144 @@ def test_parallel_sessions_share_one_budget(victim: tuple[VaultTestClient, str])
         client.close()
 
 
-def test_replayed_ke1_envelope_is_counted_every_time(
+def _send(
+    send: Callable[[pb.SealedRequest], pb.SealedResponse],
+    envelope: pb.SealedRequest,
+    key: bytes,
+) -> pb.VaultReply:
+    """Deliver one sealed request and open the vault's sealed reply."""
+    response = send(envelope)
+    return pb.VaultReply.FromString(
+        sealing.open_reply(key, envelope.account, envelope.shard, envelope.type, response.sealed)
+    )
+
+
+def _login_start_envelope(
+    client: VaultTestClient, account: str, ke1: bytes
+) -> tuple[pb.SealedRequest, bytes]:
+    key = sealing.new_response_key()
+    request = pb.ClientRequest(response_key=key, login_start=pb.LoginStart(ke1=ke1))
+    return client.seal(account, pb.LOGIN_START, request), key
+
+
+def _via_chatd(
+    config: ClientConfig, channel: grpc.Channel, account: str
+) -> Callable[[pb.SealedRequest], pb.SealedResponse]:
+    """Forward through ChatD as a device (or ChatD itself) would, with the account's token."""
+    forward = channel.unary_unary(
+        "/bkv.v1.ChatD/Forward",
+        request_serializer=pb.SealedRequest.SerializeToString,
+        response_deserializer=pb.SealedResponse.FromString,
+    )
+    token = tokens.mint_token(signing_key(config), account)
+
+    def send(envelope: pb.SealedRequest) -> pb.SealedResponse:
+        reply: pb.SealedResponse = forward(
+            envelope, timeout=RPC_TIMEOUT, metadata=[("bkv-account-token", token)]
+        )
+        return reply
+
+    return send
+
+
+def test_replayed_ke1_envelope_costs_one_attempt(
+    victim: tuple[VaultTestClient, str], sec_config: ClientConfig
+) -> None:
+    """One sealed LOGIN_START replayed, to the leader and through ChatD, is one guess."""
+    client, account = victim
+    _, ke1 = opaque.client_start_login(WRONG)
+    envelope, key = _login_start_envelope(client, account, ke1)
+
+    def direct(e: pb.SealedRequest) -> pb.SealedResponse:
+        response: pb.SealedResponse = client.stub.Handle(e, timeout=RPC_TIMEOUT)
+        return response
+
+    try:
+        with grpc.insecure_channel(sec_config.chatd[0]) as channel:
+            via_chatd = _via_chatd(sec_config, channel, account)
+            replies = [_send(direct if i % 2 else via_chatd, envelope, key)
+                       for i in range(ATTEMPT_LIMIT + 3)]
+        assert all(r.WhichOneof("body") == "login_start" for r in replies), replies
+        assert {r.login_start.attempts_left for r in replies} == {ATTEMPT_LIMIT - 1}
+        # Fresh KE2s, one OPRF evaluation: every replay tests the same password.
+        assert len({r.login_start.ke2 for r in replies}) == len(replies)
+        assert len({r.login_start.ke2[:NOE] for r in replies}) == 1
+        # The next fresh login proves that exactly one attempt was spent.
+        login = client.login_start(account, PASSWORD)
+        assert login.reply.attempts_left == ATTEMPT_LIMIT - 2
+        assert len(client.login_finish(account, login)) == 32
+        # A success clears the counted guesses: the old capture costs one attempt again.
+        again = _send(direct, envelope, key)
+        assert again.login_start.attempts_left == ATTEMPT_LIMIT - 1
+        assert client.login_start(account, WRONG).reply.attempts_left == ATTEMPT_LIMIT - 2
+    finally:
+        client.close()
+
+
+def test_replayed_ke1_keeps_only_the_newest_session(
     victim: tuple[VaultTestClient, str],
 ) -> None:
-    """Replaying one sealed LOGIN_START burns attempts (documented) but never adds guesses."""
+    """A re-delivered KE1 replaces its session, so free replays cannot fill the table."""
     client, account = victim
-    key = sealing.new_response_key()
-    _, ke1 = opaque.client_start_login(WRONG)
-    request = pb.ClientRequest(response_key=key, login_start=pb.LoginStart(ke1=ke1))
-    envelope = client.seal(account, pb.LOGIN_START, request)
-    ke2s = 0
-    destroyed = 0
+    state, ke1 = opaque.client_start_login(PASSWORD)
+    envelope, key = _login_start_envelope(client, account, ke1)
+
+    def direct(e: pb.SealedRequest) -> pb.SealedResponse:
+        response: pb.SealedResponse = client.stub.Handle(e, timeout=RPC_TIMEOUT)
+        return response
+
     try:
-        for _ in range(ATTEMPT_LIMIT + 3):
-            response = client.stub.Handle(envelope, timeout=RPC_TIMEOUT)
-            reply = pb.VaultReply.FromString(
-                sealing.open_reply(key, account, client.shard, pb.LOGIN_START, response.sealed)
-            )
-            if reply.WhichOneof("body") == "login_start":
-                ke2s += 1
-            else:
-                assert reply.error.code == pb.VaultError.KEY_DESTROYED
-                destroyed += 1
-        assert ke2s == ATTEMPT_LIMIT and destroyed == 3
+        replies = [_send(direct, envelope, key).login_start for _ in range(3)]
+        for older in replies[:-1]:
+            with pytest.raises(VaultCallError) as err:
+                client.login_finish(account, LoginInProgress(state, older))
+            assert err.value.code == pb.VaultError.SESSION_EXPIRED
+        assert len(client.login_finish(account, LoginInProgress(state, replies[-1]))) == 32
+        # The dropped sessions cost nothing: the counter was reset by the success.
+        assert client.login_start(account, WRONG).reply.attempts_left == ATTEMPT_LIMIT - 1
+    finally:
+        client.close()
+
+
+def _ke1_for_blind(blind: bytes) -> bytes:
+    """A KE1 for the wrong password with a chosen blind; nonce and keyshare are fresh."""
+    _, ke1 = opaque.client_start_login_with_randomness(
+        WRONG, blind=blind, client_nonce=os.urandom(32), client_keyshare_seed=os.urandom(32)
+    )
+    return ke1
+
+
+def test_distinct_ke1s_each_cost_one_attempt_and_replays_none(
+    victim: tuple[VaultTestClient, str],
+) -> None:
+    """K distinct guesses for one password cost K attempts; re-deliveries cost nothing."""
+    client, account = victim
+    captured: list[tuple[pb.SealedRequest, bytes]] = []
+    evaluated: set[bytes] = set()
+
+    def deliver(envelope: pb.SealedRequest, key: bytes) -> int | None:
+        """attempts_left of a KE2, or None once the deposit is destroyed."""
+        reply = _send(lambda e: client.stub.Handle(e, timeout=RPC_TIMEOUT), envelope, key)
+        if reply.WhichOneof("body") != "login_start":
+            assert reply.error.code == pb.VaultError.KEY_DESTROYED, reply
+            return None
+        evaluated.add(reply.login_start.ke2[:NOE])
+        return reply.login_start.attempts_left
+
+    try:
+        for fresh in range(ATTEMPT_LIMIT + 2):
+            blind = group.random_scalar()
+            ke1, twin = _ke1_for_blind(blind), _ke1_for_blind(blind)
+            assert ke1 != twin and ke1[:NOE] == twin[:NOE]
+            captured.append(_login_start_envelope(client, account, ke1))
+            expected = ATTEMPT_LIMIT - 1 - fresh if fresh < ATTEMPT_LIMIT else None
+            assert deliver(*captured[-1]) == expected
+            # Same blinded element under another nonce and keyshare: the same guess.
+            assert deliver(*_login_start_envelope(client, account, twin)) == expected
+            # Every earlier capture again: the count it reports is the current one.
+            assert {deliver(*old) for old in captured} == {expected}
+            assert len(evaluated) <= ATTEMPT_LIMIT
+        assert len(evaluated) == ATTEMPT_LIMIT
         _assert_destroyed(client, account)
     finally:
         client.close()

@@ -1,4 +1,4 @@
-"""Node config validation and the in-memory login session table (fake clock)."""
+"""Node config validation, the in-memory login session table (fake clock), guess tags."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from typing import Any
 
 import pytest
 
+from bkv_protocol import opaque
+from bkv_protocol.opaque_messages import NOE
 from vault_node.config import (
     TRANSPORT_SECRET_ENV,
     ConfigError,
     NodeConfig,
     load_transport_secret,
 )
+from vault_node.service import guess_tag
 from vault_node.sessions import LoginSession, SessionTable
 
 
@@ -145,3 +148,16 @@ def test_taken_session_past_deadline_is_expired() -> None:
     taken = table.take(s.session_id, b"A" * 32, 0)
     assert taken is s and table.expired(taken)
     assert "alice" not in repr(s)
+
+
+def test_guess_tag_names_the_blinded_element_per_account() -> None:
+    """The tag depends on the account and the blinded element only, not on the rest of KE1."""
+    a, b = b"a" * 32, b"b" * 32
+    _, ke1 = opaque.client_start_login(b"pw")
+    _, other = opaque.client_start_login(b"pw")  # same password, fresh blind
+    tag = guess_tag(a, ke1[:NOE])
+    assert len(tag) == 16 and tag == guess_tag(a, bytes(ke1[:NOE]))
+    assert tag != guess_tag(b, ke1[:NOE]) and tag != guess_tag(a, other[:NOE])
+    for bad_account, element in ((a[:31], ke1[:NOE]), (a, ke1[: NOE - 1]), (a, ke1)):
+        with pytest.raises(ValueError):
+            guess_tag(bad_account, element)
