@@ -2,7 +2,7 @@
 
 Admin requests use pysyncobj's utility channel on the Raft port, so they are
 spoken through the same ChaCha20-Poly1305 transport cipher as Raft itself
-(``raft_core.TransportCipher``): only a holder of the transport secret gets a
+(``transport_cipher.TransportCipher``): only a holder of the transport secret gets a
 frame past the AEAD check, and nothing is unpickled before that. Each
 connection also starts with a fresh random key from the node that every later
 frame must echo, so a recorded request can't be replayed into a new connection.

@@ -17,7 +17,7 @@ from pysyncobj.node import TCPNode
 from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import TcpConnection
 
-from vault_node.raft_core import TransportCipher
+from vault_node.transport_cipher import TransportCipher
 
 PER_TRY_SECONDS = 10.0
 RETRY_PAUSE_SECONDS = 0.3

@@ -2,7 +2,7 @@
 
 Lines are written from the Raft apply path, so every node writes the same
 events in the same order with the same Raft index; the time is the one the
-leader stamped into the entry (``state.encode_entry``), not this node's clock.
+leader stamped into the entry (``log_entries.encode_entry``), not this node's clock.
 A line names the account only by its keyed account id (already a one-way hash
 of the account), never a sealed record, key, password or session.
 

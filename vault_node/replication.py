@@ -22,9 +22,10 @@ from pysyncobj import FAIL_REASON
 from vault_node.admin import AdminEndpoint
 from vault_node.audit import AUDIT_FILE, AuditError, AuditLog
 from vault_node.journal import DurableJournal, read_snapshot
+from vault_node.log_entries import encode_entry
 from vault_node.membership import Member, members_from_plain
 from vault_node.raft_core import SNAPSHOT_MEMBERS_KEY, TRUNCATION_MONITOR, VaultSyncObj
-from vault_node.state import AccountEntry, ApplyResult, Command, VaultState, encode_entry
+from vault_node.state import AccountEntry, ApplyResult, Command, VaultState
 
 log = logging.getLogger("vault_node.raft")
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from vault_node import safe_pickle
 from vault_node.journal import read_snapshot
+from vault_node.log_entries import decode_entry
 from vault_node.membership import Member
 from vault_node.raft_core import SNAPSHOT_MEMBERS_KEY
 from vault_node.replication import JOURNAL_FILE, SNAPSHOT_FILE
 from vault_node.snapshot_file import FORMAT_VERSION, SnapshotContents, SnapshotFileError
-from vault_node.state import VaultState, decode_entry
+from vault_node.state import VaultState
 
 # The journal file's layout (vault_node.journal): magic, then per entry
 # payload length, crc32 over (index, term, payload), index, term, payload.

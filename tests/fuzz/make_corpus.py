@@ -23,9 +23,10 @@ from bkv_protocol.ksf import IDENTITY_KSF
 from client_sdk import age
 from client_sdk.age import stream as age_stream
 from tests.fuzz import targets as t
+from vault_node import log_entries as le
 from vault_node import state as st
 from vault_node.journal import DurableJournal, write_snapshot
-from vault_node.raft_core import TransportCipher
+from vault_node.transport_cipher import TransportCipher
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -70,8 +71,8 @@ def _commands() -> list[st.Command]:
 
 def _state_command() -> list[bytes]:
     commands = _commands()
-    return [st.encode_command(commands[0]), st.encode_command(commands[2])] + [
-        st.encode_entry(c, 1_763_900_000_000 + i) for i, c in enumerate(commands)
+    return [le.encode_command(commands[0]), le.encode_command(commands[2])] + [
+        le.encode_entry(c, 1_763_900_000_000 + i) for i, c in enumerate(commands)
     ]
 
 
@@ -80,7 +81,7 @@ def _journal() -> list[bytes]:
         path = Path(tmp) / "raft.journal"
         journal = DurableJournal(path, fsync=False)
         for i, command in enumerate(_commands(), 1):
-            journal.add(st.encode_entry(command, 1_763_900_000_000 + i), i, 1)
+            journal.add(le.encode_entry(command, 1_763_900_000_000 + i), i, 1)
         journal.sync()
         journal._destroy()
         raw = path.read_bytes()[len(b"BKVJRNL1") :]

@@ -28,9 +28,10 @@ from client_sdk.age import stream as age_stream
 from client_sdk.backup.archive import extract
 from client_sdk.backup.errors import BackupError
 from client_sdk.keys import BackupKey
+from vault_node import log_entries as le
 from vault_node import state as st
 from vault_node.journal import DurableJournal, read_snapshot
-from vault_node.raft_core import TransportCipher
+from vault_node.transport_cipher import TransportCipher
 
 
 def fixed(label: str) -> bytes:
@@ -86,11 +87,11 @@ def _opaque(data: bytes) -> None:
 
 def _state_command(data: bytes) -> None:
     try:
-        command, time_ms = st.decode_entry(data)
+        command, time_ms = le.decode_entry(data)
     except ValueError:
         return
     # Decoding is canonical: what decodes re-encodes to the same bytes.
-    again = st.encode_command(command) if time_ms is None else st.encode_entry(command, time_ms)
+    again = le.encode_command(command) if time_ms is None else le.encode_entry(command, time_ms)
     if again != data:
         raise AssertionError("command encoding is not canonical")
     result = st.VaultState().apply(command)  # never raises

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
+from vault_node import log_entries as le
 from vault_node import state as st
 
 A = b"a" * 32
@@ -95,24 +96,24 @@ def test_invalid_commands(command: object) -> None:
 def test_encoding_round_trip_and_garbage() -> None:
     for c in (st.Put(A, R1, b"sealed", 7), st.BeginAttempt(A), st.BeginAttempt(A, T1),
               st.ResetAttempts(A, R1), st.DestroyIfExhausted(A, R2), st.Delete(B)):
-        assert st.decode_command(st.encode_command(c)) == c
-        command, time_ms = st.decode_entry(st.encode_entry(c, 1234))
+        assert le.decode_command(le.encode_command(c)) == c
+        command, time_ms = le.decode_entry(le.encode_entry(c, 1234))
         assert (command, time_ms) == (c, 1234)
     for junk in (b"", b"\x09" + A, b"\x02" + A + b"x", b"\x01" + A + R1 + b"\x00\x00x",
                  b"\x02" + A + T1 + b"x", b"\x02" + A + T1[:15], b"\x05" + A + T1):
         with pytest.raises(ValueError):
-            st.decode_command(junk)
+            le.decode_command(junk)
 
 
 def test_untagged_entries_of_the_old_format_still_decode() -> None:
     """A BeginAttempt logged before tags existed is tag 2 + account id: counted every time."""
     old = b"\x02" + A
-    assert st.decode_command(old) == st.BeginAttempt(A, b"")
-    assert st.encode_command(st.BeginAttempt(A)) == old
+    assert le.decode_command(old) == st.BeginAttempt(A, b"")
+    assert le.encode_command(st.BeginAttempt(A)) == old
     s = st.VaultState()
     s.apply(st.Put(A, R1, b"x", 2))
-    assert [s.apply(st.decode_command(old)).attempts for _ in range(2)] == [1, 2]
-    assert s.apply(st.decode_command(old)).outcome == st.Outcome.DESTROYED
+    assert [s.apply(le.decode_command(old)).attempts for _ in range(2)] == [1, 2]
+    assert s.apply(le.decode_command(old)).outcome == st.Outcome.DESTROYED
 
 
 def test_same_tag_twice_counts_once() -> None:

@@ -2,7 +2,7 @@
 
 Guards: ``VaultSyncObj._bkv_apply`` writes one line per applied entry through
 ``AuditLog.record`` (idempotent by Raft index), the leader stamps its clock into
-the entry (``state.encode_entry``), and ``audit_record`` copies only ids,
+the entry (``log_entries.encode_entry``), and ``audit_record`` copies only ids,
 counters and outcomes. Removing the index check duplicates lines on restart;
 stamping the time on each node instead of in the entry makes the times differ;
 copying the sealed record leaks it -- each is caught below.
@@ -32,6 +32,7 @@ from tests.vault.conftest import (
     clean_env,
     started_cluster,
 )
+from vault_node import log_entries as le
 from vault_node import state as st
 from vault_node.audit import (
     AUDIT_FILE,
@@ -110,13 +111,13 @@ def test_a_re_delivered_guess_is_marked_repeated() -> None:
 
 def test_stamped_entries_round_trip_and_old_entries_still_decode() -> None:
     for command in _commands():
-        assert st.decode_entry(st.encode_entry(command, 42)) == (command, 42)
-        assert st.decode_entry(st.encode_command(command)) == (command, None)
+        assert le.decode_entry(le.encode_entry(command, 42)) == (command, 42)
+        assert le.decode_entry(le.encode_command(command)) == (command, None)
     for junk in (b"\x10", b"\x10" + bytes(8), b"\x10" + bytes(8) + b"\x02"):
         with pytest.raises(ValueError):
-            st.decode_entry(junk)
+            le.decode_entry(junk)
     with pytest.raises(ValueError):
-        st.encode_entry(_commands()[1], -1)
+        le.encode_entry(_commands()[1], -1)
     assert format_time(None) is None
 
 

@@ -37,7 +37,7 @@ from tests.security.conftest import (
     new_account,
     node_status,
 )
-from vault_node.raft_core import TransportCipher
+from vault_node.transport_cipher import TransportCipher
 
 pytestmark = pytest.mark.cluster
 
