@@ -41,6 +41,7 @@ CA_FILE = "ca.pem"
 CA_KEY_DIR = "ca-private"
 CA_KEY_FILE = "ca-key.pem"
 
+
 class TlsError(ValueError):
     """Certificates can't be made, read or used (one line, never key material)."""
 

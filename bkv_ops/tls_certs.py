@@ -262,6 +262,3 @@ def _load_authority(ca_path: Path, ca_key_path: Path) -> Authority:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TlsError(f"CA key {ca_key_path} is not an ECDSA key")
     return Authority(load_certificate(ca_path), key)
-
-
-# ---- gRPC ------------------------------------------------------------------------

@@ -150,9 +150,7 @@ def _shards(raw: object) -> tuple[tuple[str, ...], ...]:
 
 
 def _metrics_address(value: object) -> str:
-    if value is None:
-        return ""
-    address = _address(value, "metrics_address")
+    address = _optional_address(value, "metrics_address")
     if address.endswith(":0"):
         raise ConfigError("metrics_address needs a fixed port (scrapers must find it)")
     return address

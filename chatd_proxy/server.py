@@ -46,8 +46,9 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
         self._config = config
         self.metrics = metrics if metrics is not None else ChatDMetrics()
         self._tokens = VerifiedTokenCache(config.token_public_key)
+        to_vault = vault_tls(config)
         self._routers = [
-            ShardRouter(i, nodes, self.metrics.retries.inc, tls=vault_tls(config))
+            ShardRouter(i, nodes, self.metrics.retries.inc, tls=to_vault)
             for i, nodes in enumerate(config.shards)
         ]
         self._limiter = RateLimiter(

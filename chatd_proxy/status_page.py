@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from bkv_api.v1 import services_pb2
-from client_sdk.cluster_status import NodeIdentity, build_rows, status_document
+from bkv_ops.cluster_status import NodeIdentity, build_rows, status_document
 
 log = logging.getLogger("bkv.chatd.status")
 

@@ -30,16 +30,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bkv_api.v1 import services_pb2, services_pb2_grpc
+from bkv_api.v1 import services_pb2
 from bkv_ops import tls
+from bkv_ops.cluster_status import NodeIdentity, ask_chatds, format_table, rows_from_reply
+from bkv_ops.tls_certs import Identity
 from bkv_protocol import tokens
-from client_sdk.cluster_status import NodeIdentity, format_table, rows_from_reply
 from client_sdk.config import ClientConfig
 from client_sdk.launcher_layout import (
     CHATD_BURST,
@@ -48,13 +49,12 @@ from client_sdk.launcher_layout import (
     CLIENT_DEADLINE_SECONDS,
     DATACENTERS,
     LauncherError,
+    create_certs,
     create_secrets,
     free_ports,
     init_fleet,
+    tls_config_keys,
 )
-
-if TYPE_CHECKING:
-    from bkv_ops.tls_certs import Identity
 
 GRPC_PORT = 7100
 RAFT_PORT = 7200
@@ -126,19 +126,11 @@ def chatd_config(datacenter: str, token_public_key: bytes) -> dict[str, Any]:
 def tls_identities() -> list[Identity]:
     """Certificates of the deployment: nodes by service name, ChatDs also for the host's
     published ports (127.0.0.1, localhost), and the vault nodes' health probe."""
-    from bkv_ops.tls_certs import Identity  # certificate code only where it is made
-
     ids = [Identity(tls.ROLE_VAULT_NODE, n, (n,)) for n, _ in node_names()]
     ids += [Identity(tls.ROLE_CHATD, n, (n, "localhost"), ("127.0.0.1",))
             for n, _ in chatd_names()]
     ids.append(Identity(tls.ROLE_OPS, PROBE_CERT_NAME))
     return ids
-
-
-def _tls_keys() -> dict[str, str]:
-    return {"tls_cert_file": str(IN_CONTAINER_TLS / tls.CERT_FILE),
-            "tls_key_file": str(IN_CONTAINER_TLS / tls.KEY_FILE),
-            "tls_ca_file": str(IN_CONTAINER_TLS / tls.CA_FILE)}
 
 
 def prepare(state_dir: Path, *, attempt_limit: int = 10,
@@ -168,13 +160,8 @@ def prepare(state_dir: Path, *, attempt_limit: int = 10,
         layout["fleet_public_key"] = init_fleet(state_dir)
     layout_path.write_text(json.dumps(layout, indent=2) + "\n", "utf-8")
     if use_tls:
-        try:
-            from bkv_ops.tls_certs import ensure_bundle
-
-            ensure_bundle(state_dir / "tls", tls_identities(), keep_ca_key=keep_ca_key)
-        except (tls.TlsError, OSError) as err:
-            raise LauncherError(f"cannot create certificates: {err}") from None
-    tls_keys = _tls_keys() if use_tls else {}
+        create_certs(state_dir / "tls", tls_identities(), keep_ca_key=keep_ca_key)
+    tls_keys = tls_config_keys(IN_CONTAINER_TLS) if use_tls else {}
 
     config_dir = state_dir / "config"
     for name, dc in node_names():
@@ -233,26 +220,19 @@ def cluster_status(
     client: ClientConfig, timeout: float = HEALTH_TIMEOUT_SECONDS
 ) -> services_pb2.ClusterStatusReply | None:
     """``ChatD.ClusterStatus`` from the first ChatD of ``client`` that answers, else None."""
-    for address in client.chatd:
-        with tls.open_channel(address, client.tls) as channel:
-            try:
-                reply: services_pb2.ClusterStatusReply = services_pb2_grpc.ChatDStub(
-                    channel).ClusterStatus(services_pb2.ClusterStatusRequest(), timeout=timeout)
-                return reply
-            except grpc.RpcError:
-                continue
-    return None
+    answer = ask_chatds(client.chatd, timeout, tls=client.tls)
+    return None if answer is None else answer[1]
 
 
 def wait_ready(client: ClientConfig, timeout: float) -> services_pb2.ClusterStatusReply:
     """Until every ChatD answers and sees all nodes with one leader; LauncherError on timeout."""
     end = time.monotonic() + timeout
     problem = "no ChatD answered"
+    chatd_tls = client.tls
     while time.monotonic() < end:
-        replies = [cluster_status(ClientConfig(
-            fleet_public_key=client.fleet_public_key, shard_count=client.shard_count,
-            chatd=[address], deadline_seconds=client.deadline_seconds, ca_file=client.ca_file,
-            tls_server_name=client.tls_server_name)) for address in client.chatd]
+        answers = [ask_chatds([address], HEALTH_TIMEOUT_SECONDS, tls=chatd_tls)
+                   for address in client.chatd]
+        replies = [None if a is None else a[1] for a in answers]
         reply = replies[0]
         if any(r is None for r in replies):
             problem = "a ChatD does not answer"

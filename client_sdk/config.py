@@ -131,22 +131,8 @@ class ClientConfig:
         deadline = data.get("deadline_seconds", DEFAULT_DEADLINE_SECONDS)
         if isinstance(deadline, bool) or not isinstance(deadline, int | float):
             raise ConfigError("deadline_seconds must be a number of seconds")
-        key_file: Path | None = None
-        if "token_signing_key_file" in data:
-            value = data["token_signing_key_file"]
-            if not isinstance(value, str) or not value:
-                raise ConfigError("token_signing_key_file must be a file path")
-            key_file = Path(value).expanduser()
-            if not key_file.is_absolute() and source is not None:
-                key_file = source.parent / key_file
-        ca_file: Path | None = None
-        if "ca_file" in data:
-            value = data["ca_file"]
-            if not isinstance(value, str) or not value:
-                raise ConfigError("ca_file must be a file path")
-            ca_file = Path(value).expanduser()
-            if not ca_file.is_absolute() and source is not None:
-                ca_file = source.parent / ca_file
+        key_file = _file_path(data, "token_signing_key_file", source)
+        ca_file = _file_path(data, "ca_file", source)
         return cls(
             ca_file=ca_file,
             tls_server_name=data.get("tls_server_name"),
@@ -194,6 +180,17 @@ def _parse_fleet_key(text: str) -> bytes:
     if len(text) != 2 * FLEET_KEY_BYTES or not set(text) <= _HEX_DIGITS:
         raise ConfigError("fleet_public_key must be 64 hex digits")
     return bytes.fromhex(text)
+
+
+def _file_path(data: dict[str, Any], key: str, source: Path | None) -> Path | None:
+    """The file named by ``key`` (None if absent); relative to ``source``'s folder if given."""
+    if key not in data:
+        return None
+    value = data[key]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a file path")
+    path = Path(value).expanduser()
+    return source.parent / path if not path.is_absolute() and source is not None else path
 
 
 def _validate(cfg: ClientConfig) -> None:

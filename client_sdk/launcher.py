@@ -50,6 +50,7 @@ from client_sdk.launcher_layout import (
     create_secrets,
     free_ports,
     init_fleet,
+    local_identities,
     new_layout,
     write_configs,
 )
@@ -120,8 +121,7 @@ class LocalCluster:
         self._load_layout()
         if not self.layout.get("tls"):
             return None
-        return ClientTls(self.state_dir / TLS_DIR / CA_FILE,
-                             server_name=CHATD_SERVER_NAME)
+        return ClientTls(self.state_dir / TLS_DIR / CA_FILE, server_name=CHATD_SERVER_NAME)
 
     def config_path(self, name: str) -> Path:
         return self.state_dir / "config" / f"{name}.toml"
@@ -163,6 +163,7 @@ class LocalCluster:
     def status(self) -> list[NodeView]:
         """Every vault node's ``Vault.Status`` (None when it does not answer)."""
         self._load_layout()
+        probe_tls = self.vault_tls
         views = []
         for node in self.layout["nodes"]:
             views.append(
@@ -172,7 +173,7 @@ class LocalCluster:
                     shard=node["shard"],
                     grpc_address=node["grpc_address"],
                     running=self._running(node["node_id"]),
-                    status=node_status(node["grpc_address"], tls=self.vault_tls),
+                    status=node_status(node["grpc_address"], tls=probe_tls),
                 )
             )
         return views
@@ -195,13 +196,7 @@ class LocalCluster:
 
     def leader(self, shard: int = 0) -> str | None:
         """The node that reports itself leader of ``shard`` in the highest term, if any."""
-        best: tuple[int, str] | None = None
-        for view in self.status():
-            st = view.status
-            is_leader = view.shard == shard and st is not None and st.role == "leader"
-            if is_leader and st is not None and (best is None or st.term > best[0]):
-                best = (st.term, view.node_id)
-        return None if best is None else best[1]
+        return _leader_of(self.status(), shard)
 
     def kill_node(self, node_id: str, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
         """Send ``sig`` to one node and wait for it to exit."""
@@ -247,6 +242,7 @@ class LocalCluster:
         """Until every shard has a leader and every ChatD answers; LauncherError on timeout."""
         end = time.monotonic() + timeout
         missing: list[str] = []
+        chatd_tls = self.chatd_tls
         while time.monotonic() < end:
             dead = [n for n in self.process_names() if not self._running(n)]
             if dead:
@@ -254,10 +250,11 @@ class LocalCluster:
                     f"{dead[0]} exited during start-up ({self._last_log_line(dead[0])}); "
                     f"see {self.log_path(dead[0])}"
                 )
+            views = self.status()  # one round of probes for every shard
             missing = [f"shard {s}: no leader" for s in range(self.shards)
-                       if self.leader(s) is None]
+                       if _leader_of(views, s) is None]
             missing += [f"ChatD {a} not serving" for a in self.chatd_addresses()
-                        if not _ready(a, self.chatd_tls)]
+                        if not _ready(a, chatd_tls)]
             if not missing:
                 return
             time.sleep(0.3)
@@ -288,7 +285,7 @@ class LocalCluster:
         if "fleet_public_key" not in self.layout:
             self.layout["fleet_public_key"] = init_fleet(self.state_dir)
         if self.layout.get("tls"):
-            create_certs(self.state_dir, self.layout)
+            create_certs(self.state_dir / TLS_DIR, local_identities(self.layout))
         self._save_layout()
         write_configs(self.state_dir, self.layout)
 
@@ -366,11 +363,21 @@ class LocalCluster:
                 proc.wait(timeout)
 
 
+def _leader_of(views: list[NodeView], shard: int) -> str | None:
+    best: tuple[int, str] | None = None
+    for view in views:
+        st = view.status
+        is_leader = view.shard == shard and st is not None and st.role == "leader"
+        if is_leader and st is not None and (best is None or st.term > best[0]):
+            best = (st.term, view.node_id)
+    return None if best is None else best[1]
+
+
 def node_status(
     address: str, timeout: float = STATUS_TIMEOUT, *, tls: ClientTls | None = None
 ) -> services_pb2.NodeStatus | None:
     """``Vault.Status`` of one node, or None if it does not answer in time."""
-    with _channel(address, tls) as channel:
+    with open_channel(address, tls) as channel:
         try:
             reply: services_pb2.NodeStatus = services_pb2_grpc.VaultStub(channel).Status(
                 services_pb2.StatusRequest(), timeout=timeout
@@ -380,13 +387,9 @@ def node_status(
             return None
 
 
-def _channel(address: str, settings: ClientTls | None) -> grpc.Channel:
-    return open_channel(address, settings)
-
-
 def _ready(address: str, settings: ClientTls | None = None) -> bool:
     """ChatD's gRPC health says SERVING: it sees a leader in every shard."""
-    with _channel(address, settings) as channel:
+    with open_channel(address, settings) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="bkv.v1.ChatD"), timeout=5.0

@@ -84,8 +84,8 @@ def add_ops_ports(layout: dict[str, Any]) -> bool:
     Only entries that lack one get a port (layouts made before these existed are
     upgraded in place); returns whether anything was added.
     """
-    wanted = [(entry, key) for entry in layout["nodes"] if "metrics_address" not in entry
-              for key in ("metrics_address",)]
+    wanted = [(entry, "metrics_address") for entry in layout["nodes"]
+              if "metrics_address" not in entry]
     wanted += [(entry, key) for entry in layout["chatd"]
                for key in ("metrics_address", "status_address") if key not in entry]
     if not wanted:
@@ -136,15 +136,18 @@ def local_identities(layout: dict[str, Any]) -> list[tls_certs.Identity]:
     return identities
 
 
-def create_certs(state_dir: Path, layout: dict[str, Any]) -> None:
-    """The cluster CA and the certificates of :func:`local_identities` (each made once)."""
+def create_certs(
+    tls_dir: Path, identities: list[tls_certs.Identity], *, keep_ca_key: bool = True
+) -> None:
+    """The cluster CA and the certificates of ``identities`` in ``tls_dir`` (each made once)."""
     try:
-        tls_certs.ensure_bundle(state_dir / TLS_DIR, local_identities(layout))
+        tls_certs.ensure_bundle(tls_dir, identities, keep_ca_key=keep_ca_key)
     except (tls.TlsError, OSError) as err:
         raise LauncherError(f"cannot create certificates: {err}") from None
 
 
-def _tls_keys(folder: Path) -> dict[str, str]:
+def tls_config_keys(folder: Path) -> dict[str, str]:
+    """The ``tls_*_file`` config keys of a service whose certificate folder is ``folder``."""
     return {"tls_cert_file": str(folder / tls.CERT_FILE),
             "tls_key_file": str(folder / tls.KEY_FILE),
             "tls_ca_file": str(folder / tls.CA_FILE)}
@@ -174,15 +177,19 @@ def init_fleet(state_dir: Path) -> str:
 
 
 def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
-    """Node TOMLs, ChatD TOMLs (config/) and client.toml, all from the layout."""
+    """Node TOMLs, ChatD TOMLs (config/) and client.toml, all from the layout.
+
+    The layout has its ops ports (:func:`add_ops_ports`) and says whether it uses TLS.
+    """
     secrets_dir = state_dir / "secrets"
+    use_tls = bool(layout.get("tls"))
     config_dir = state_dir / "config"
     for node in layout["nodes"]:
         peers = [{k: p[k] for k in ("node_id", "datacenter", "raft_address", "grpc_address")}
                  for p in layout["nodes"] if p["shard"] == node["shard"]]
         cfg = {
             **{k: node[k] for k in ("node_id", "datacenter", "shard", "grpc_address",
-                                    "raft_address")},
+                                    "raft_address", "metrics_address")},
             "data_dir": str(state_dir / "nodes" / node["node_id"]),
             "fleet_file": str(state_dir / "fleet" / "fleet.sealed"),
             "master_key_file": str(secrets_dir / "master.key"),
@@ -190,8 +197,7 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
             "attempt_limit": layout["attempt_limit"],
             "allow_identity_ksf": layout["allow_identity_ksf"],
             "log_format": "json",
-            **({"metrics_address": node["metrics_address"]} if "metrics_address" in node else {}),
-            **(_tls_keys(state_dir / TLS_DIR / node["node_id"]) if layout.get("tls") else {}),
+            **(tls_config_keys(state_dir / TLS_DIR / node["node_id"]) if use_tls else {}),
             "peers": peers,
         }
         (config_dir / f"{node['node_id']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")
@@ -208,8 +214,9 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
                            "burst": CHATD_BURST},
             "shards": shards,
             "log_format": "json",
-            **{k: chatd[k] for k in ("metrics_address", "status_address") if k in chatd},
-            **(_tls_keys(state_dir / TLS_DIR / chatd["name"]) if layout.get("tls") else {}),
+            "metrics_address": chatd["metrics_address"],
+            "status_address": chatd["status_address"],
+            **(tls_config_keys(state_dir / TLS_DIR / chatd["name"]) if use_tls else {}),
         }
         (config_dir / f"{chatd['name']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")
     ClientConfig(
@@ -218,6 +225,6 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
         chatd=[c["listen"] for c in layout["chatd"]],
         deadline_seconds=CLIENT_DEADLINE_SECONDS,
         token_signing_key_file=secrets_dir / "token-signing.key",
-        ca_file=state_dir / TLS_DIR / tls.CA_FILE if layout.get("tls") else None,
-        tls_server_name=tls.CHATD_SERVER_NAME if layout.get("tls") else None,
+        ca_file=state_dir / TLS_DIR / tls.CA_FILE if use_tls else None,
+        tls_server_name=tls.CHATD_SERVER_NAME if use_tls else None,
     ).save(state_dir / "client.toml")

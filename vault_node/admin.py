@@ -30,7 +30,7 @@ from vault_node.membership import (
     check_removal,
     members_to_plain,
 )
-from vault_node.raft_core import VaultSyncObj
+from vault_node.raft_core import VaultSyncObj, is_membership_entry
 
 log = logging.getLogger("vault_node.admin")
 
@@ -40,7 +40,6 @@ CMD_ADD = "bkv_member_add"
 CMD_REMOVE = "bkv_member_remove"
 CMD_SNAPSHOT = "bkv_snapshot"
 _DISABLED = ("add", "remove", "set_version")
-_MEMBERSHIP_TYPE = 2  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP, the first byte of such an entry
 # pysyncobj may never call back a deposed leader's pending change; the guard expires then.
 PENDING_CHANGE_SECONDS = 60.0
 
@@ -91,14 +90,8 @@ class AdminEndpoint:
         return address if isinstance(address, str) else None
 
     def _refuse(self, error: str, *, retry: bool = False) -> Reply:
-        return {
-            "protocol": ADMIN_PROTOCOL,
-            "ok": False,
-            "error": error,
-            "retry": retry,
-            "leader": self._leader_address(),
-            "not_leader": not self._obj._isLeader(),
-        }
+        return _refusal(error, retry=retry, leader=self._leader_address(),
+                        not_leader=not self._obj._isLeader())
 
     def _change_in_progress(self) -> bool:
         """A membership entry is still uncommitted (or queued): another change must wait."""
@@ -111,7 +104,7 @@ class AdminEndpoint:
             command, idx, _term = journal[position]
             if idx <= commit:
                 break
-            if command[:1] == bytes([_MEMBERSHIP_TYPE]):
+            if is_membership_entry(command):
                 return True
         return False
 
@@ -147,9 +140,7 @@ class AdminEndpoint:
             respond(self._refuse(str(err)), None)
             return
         log.info("membership: adding %s (%s) at %s", new.node_id, new.datacenter, new.raft_address)
-        self._pending_until = time.monotonic() + PENDING_CHANGE_SECONDS
-        self._obj.addNodeToCluster(new.node(), callback=self._on_committed(respond))
-        self._obj.bkv_wake.notify()
+        self._propose(self._obj.addNodeToCluster, new, respond)
 
     def _remove(self, args: list[Any], respond: Respond) -> None:
         refusal = self._leader_checks()
@@ -171,11 +162,11 @@ class AdminEndpoint:
                     None)
             return
         log.info("membership: removing %s at %s", target.node_id, target.raft_address)
-        self._pending_until = time.monotonic() + PENDING_CHANGE_SECONDS
-        self._obj.removeNodeFromCluster(target.node(), callback=self._on_committed(respond))
-        self._obj.bkv_wake.notify()
+        self._propose(self._obj.removeNodeFromCluster, target, respond)
 
-    def _on_committed(self, respond: Respond) -> Callable[[Any, Any], None]:
+    def _propose(self, change: Callable[..., None], member: Member, respond: Respond) -> None:
+        """Queue one membership change; answer once it commits or is refused."""
+
         def done(_result: Any, error: Any) -> None:  # tick thread, once applied or refused
             self._pending_until = 0.0
             if error == FAIL_REASON.SUCCESS:
@@ -183,7 +174,9 @@ class AdminEndpoint:
             else:
                 respond(self._refuse(f"change not committed (reason {error})", retry=True), None)
 
-        return done
+        self._pending_until = time.monotonic() + PENDING_CHANGE_SECONDS
+        change(member.node(), callback=done)
+        self._obj.bkv_wake.notify()
 
     def _snapshot(self, _args: list[Any], respond: Respond) -> None:
         """The leader's applied state at a known log index: nothing acknowledged is missing."""
@@ -215,7 +208,20 @@ def _guarded(handler: Callable[[list[Any], Respond], None]) -> Callable[[list[An
             handler(list(args), respond)
         except Exception:
             log.exception("admin request failed")
-            respond({"protocol": ADMIN_PROTOCOL, "ok": False, "error": "internal error",
-                     "retry": False, "leader": None, "not_leader": False}, None)
+            respond(_refusal("internal error"), None)
 
     return run
+
+
+def _refusal(
+    error: str, *, retry: bool = False, leader: str | None = None, not_leader: bool = False
+) -> Reply:
+    """A refused request: why, whether to retry, and where the leader is if known."""
+    return {
+        "protocol": ADMIN_PROTOCOL,
+        "ok": False,
+        "error": error,
+        "retry": retry,
+        "leader": leader,
+        "not_leader": not_leader,
+    }

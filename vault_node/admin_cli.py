@@ -18,7 +18,12 @@ from vault_node.admin_client import AdminClient, AdminError
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.hsm import FleetHsm, HsmError, MasterKeyBackend
 from vault_node.hsm_pkcs11 import load_master_key
-from vault_node.membership import Member, MembershipError, members_from_plain
+from vault_node.membership import (
+    Member,
+    MembershipError,
+    bootstrap_members,
+    members_from_plain,
+)
 from vault_node.snapshot_file import (
     SnapshotFileError,
     contents_from_reply,
@@ -100,11 +105,6 @@ def _member_remove(args: argparse.Namespace) -> None:
     _print_members(_ask(args, [CMD_REMOVE, args.node_id])[1], args.json)
 
 
-def _peer_members(cfg: NodeConfig) -> tuple[Member, ...]:
-    return tuple(Member(p.node_id, p.datacenter, p.raft_address, p.grpc_address)
-                 for p in cfg.peers)
-
-
 def _listening(address: str) -> bool:
     host, _, port = address.rpartition(":")
     try:
@@ -123,7 +123,7 @@ def _snapshot_take(args: argparse.Namespace) -> None:
         if _listening(cfg.raft_address):
             raise _Fail(f"{cfg.node_id} is running (its Raft port answers); "
                         "take the snapshot without --offline", EXIT_BAD_INPUT)
-        contents = read_data_dir(cfg.data_dir, cfg.node_id, _peer_members(cfg))
+        contents = read_data_dir(cfg.data_dir, cfg.node_id, bootstrap_members(cfg.peers))
     else:
         contents = contents_from_reply(_ask(args, [CMD_SNAPSHOT])[1])
     write_file(args.out, seal(master, fleet_public_key, contents))
@@ -140,7 +140,7 @@ def _snapshot_restore(args: argparse.Namespace) -> None:
     except OSError as err:
         raise _Fail(f"cannot read {args.input}: {err.strerror}", EXIT_BAD_INPUT) from None
     contents = open_sealed(master, fleet_public_key, blob)
-    members = _peer_members(cfg)
+    members = bootstrap_members(cfg.peers)
     path = restore_into(cfg.data_dir, contents, members)
     print(f"restored {contents.accounts} accounts at log index {contents.last_entry[0]} "
           f"into {path}; membership from {args.config} ({len(members)} members)")

@@ -135,14 +135,8 @@ class AuditLog:
         if len(complete) != len(data):
             os.ftruncate(self._fd, len(complete))
         last = 0
-        for number, line in enumerate(complete.splitlines(), 1):
-            try:
-                index = json.loads(line)["index"]
-            except (ValueError, KeyError, TypeError):
-                raise AuditError(f"{self.path}: line {number} is not an audit line") from None
-            if type(index) is not int or index <= last:
-                raise AuditError(f"{self.path}: line {number} is out of order")
-            last = index
+        for record in _ordered_records(complete, self.path):
+            last = record["index"]
         return last
 
     def record(
@@ -227,8 +221,15 @@ def read_audit(path: Path, since: int = 0) -> Iterator[dict[str, Any]]:
         data = Path(path).read_bytes()
     except OSError as err:
         raise AuditError(f"cannot read the audit file {path}: {err.strerror}") from None
+    for record in _ordered_records(data[: data.rfind(b"\n") + 1], path):
+        if record["index"] >= since:
+            yield record
+
+
+def _ordered_records(lines: bytes, path: Path) -> Iterator[dict[str, Any]]:
+    """Each complete line as a record; AuditError unless indexes strictly increase."""
     last = 0
-    for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), 1):
+    for number, line in enumerate(lines.splitlines(), 1):
         try:
             record = json.loads(line)
             index = record["index"]
@@ -237,8 +238,7 @@ def read_audit(path: Path, since: int = 0) -> Iterator[dict[str, Any]]:
         if not isinstance(record, dict) or type(index) is not int or index <= last:
             raise AuditError(f"{path}: line {number} is out of order (index {index!r})")
         last = index
-        if index >= since:
-            yield record
+        yield record
 
 
 def print_audit(config_path: Path, since: int = 0) -> int:

@@ -226,6 +226,12 @@ def _pkcs11_settings(r: _Reader, raw: Mapping[str, Any], where: str) -> Pkcs11Se
     )
 
 
+def is_host_port(value: str) -> bool:
+    """``host:port`` with a host and a port in 1..65535 (no lookup: that happens at use)."""
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536)
+
+
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})  # noqa: S104 (compared, not bound)
 
 
@@ -249,8 +255,7 @@ class _Reader:
 
     def address(self, key: str) -> str:
         value = self.string(key)
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not is_host_port(value):
             raise ConfigError(f"{self._where}: {key!r} must be host:port, got {value!r}")
         return value
 

@@ -36,7 +36,8 @@ _SNAPSHOT_MAGIC = b"BKVSNAP1\n"
 Entry = tuple[bytes, int, int]  # (command, log index, term) as pysyncobj stores them
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -56,7 +57,53 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
         os.close(fd)
     os.replace(tmp, path)
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
+
+
+def _crc(command: bytes, idx: int, term: int) -> int:
+    return zlib.crc32(struct.pack(">QQ", idx, term) + command)
+
+
+def read_records(data: bytes) -> tuple[list[Entry], list[int], int]:
+    """The intact records of a journal file's bytes: entries, their offsets, where they end.
+
+    Stops at the first short or CRC-failing record (a torn tail, never
+    acknowledged); the caller decides what to do with the bytes after the end.
+    ValueError unless ``data`` starts with the journal magic.
+    """
+    if not data.startswith(_MAGIC):
+        raise ValueError("not a vault Raft journal")
+    entries: list[Entry] = []
+    offsets: list[int] = []
+    pos = len(_MAGIC)
+    while pos + _HEADER.size <= len(data):
+        length, crc, idx, term = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        payload = data[start : start + length]
+        if len(payload) != length or _crc(payload, idx, term) != crc:
+            break
+        offsets.append(pos)
+        entries.append((payload, idx, term))
+        pos = start + length
+    return entries, offsets, pos
+
+
+def meta_path(journal_path: Path) -> Path:
+    """Where the journal's term, vote and commit index live."""
+    return journal_path.with_name(journal_path.name + ".meta")
+
+
+def load_meta(path: Path) -> dict[str, Any]:
+    """The metadata table (empty if there is none yet); RuntimeError if unreadable."""
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise RuntimeError(f"unreadable Raft metadata file {path}") from err
+    if not isinstance(meta, dict):
+        raise RuntimeError(f"malformed Raft metadata file {path}")
+    return meta
 
 
 class DurableJournal(Journal):  # type: ignore[misc]
@@ -64,52 +111,34 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self._path = path
-        self._meta_path = path.with_name(path.name + ".meta")
+        self._meta_path = meta_path(path)
         self._fsync = fsync
         self._entries: list[Entry] = []
         self._offsets: list[int] = []
         self._dirty = False
         self.sync_count = 0
-        self._meta = self._load_meta()
+        self._meta = load_meta(self._meta_path)
         self._meta_dirty = False
         self._fd = self._open_and_load()
 
     # ---- loading -----------------------------------------------------------------
-
-    def _load_meta(self) -> dict[str, Any]:
-        try:
-            meta = json.loads(self._meta_path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as err:
-            raise RuntimeError(f"unreadable Raft metadata file {self._meta_path}") from err
-        if not isinstance(meta, dict):
-            raise RuntimeError(f"malformed Raft metadata file {self._meta_path}")
-        return meta
 
     def _open_and_load(self) -> int:
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         data = b""
         with contextlib.suppress(OSError):
             data = os.pread(fd, os.fstat(fd).st_size, 0)
-        if not data.startswith(_MAGIC):
-            if data:
-                raise RuntimeError(f"{self._path} is not a vault Raft journal")
+        if not data:
             os.pwrite(fd, _MAGIC, 0)
             os.fsync(fd)
-            _fsync_dir(self._path.parent)
+            fsync_dir(self._path.parent)
             self._end = len(_MAGIC)
             return fd
-        pos = len(_MAGIC)
-        while pos + _HEADER.size <= len(data):
-            length, crc, idx, term = _HEADER.unpack_from(data, pos)
-            start = pos + _HEADER.size
-            payload = data[start : start + length]
-            if len(payload) != length or zlib.crc32(struct.pack(">QQ", idx, term) + payload) != crc:
-                break
-            self._offsets.append(pos)
-            self._entries.append((payload, idx, term))
-            pos = start + length
+        try:
+            self._entries, self._offsets, pos = read_records(data)
+        except ValueError:
+            os.close(fd)
+            raise RuntimeError(f"{self._path} is not a vault Raft journal") from None
         if pos != len(data):
             log.warning("raft journal: discarding a torn tail of %d bytes", len(data) - pos)
             os.ftruncate(fd, pos)
@@ -121,9 +150,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         command = bytes(command)
-        header = _HEADER.pack(
-            len(command), zlib.crc32(struct.pack(">QQ", idx, term) + command), idx, term
-        )
+        header = _HEADER.pack(len(command), _crc(command, idx, term), idx, term)
         os.pwrite(self._fd, header + command, self._end)
         self._offsets.append(self._end)
         self._entries.append((command, idx, term))
@@ -148,14 +175,13 @@ class DurableJournal(Journal):  # type: ignore[misc]
     def deleteEntriesTo(self, entryTo: int) -> None:
         """Drop the prefix covered by a snapshot: rewrite the journal atomically."""
         if self._fsync:
-            _fsync_dir(self._path.parent)  # the snapshot's rename is durable before the log shrinks
+            fsync_dir(self._path.parent)  # the snapshot's rename is durable before the log shrinks
         keep = self._entries[entryTo:]
         blob = bytearray(_MAGIC)
         offsets = []
         for command, idx, term in keep:
             offsets.append(len(blob))
-            crc = zlib.crc32(struct.pack(">QQ", idx, term) + command)
-            blob += _HEADER.pack(len(command), crc, idx, term) + command
+            blob += _HEADER.pack(len(command), _crc(command, idx, term), idx, term) + command
         atomic_write(self._path, bytes(blob), durable=self._fsync)
         os.close(self._fd)
         self._fd = os.open(self._path, os.O_RDWR)
@@ -284,4 +310,4 @@ def make_durable(path: Path, *, fsync: bool = True) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)

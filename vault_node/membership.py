@@ -17,6 +17,8 @@ from typing import Any
 
 from pysyncobj.node import TCPNode
 
+from vault_node.config import PeerConfig, is_host_port
+
 MIN_MEMBERS = 3  # a change that would leave fewer voters is refused
 MEMBER_ATTRIBUTE = "bkv_member"  # where a TCPNode carries the member's description
 _MAX_FIELD = 255
@@ -29,8 +31,7 @@ class MembershipError(ValueError):
 def _check_address(value: object, what: str) -> str:
     if not isinstance(value, str) or len(value) > _MAX_FIELD:
         raise MembershipError(f"{what} must be host:port")
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not is_host_port(value):
         raise MembershipError(f"{what} must be host:port, got {value!r}")
     return value
 
@@ -132,6 +133,11 @@ def describe(node: Any, known: Mapping[str, Member]) -> Member:
         except MembershipError:
             pass
     return known.get(address) or Member.unknown(address)
+
+
+def bootstrap_members(peers: Iterable[PeerConfig]) -> tuple[Member, ...]:
+    """The members a node's TOML bootstrap list describes."""
+    return tuple(Member(p.node_id, p.datacenter, p.raft_address, p.grpc_address) for p in peers)
 
 
 def members_to_plain(members: Iterable[Member]) -> list[dict[str, str]]:

@@ -65,7 +65,7 @@ from vault_node.membership import (
     members_from_plain,
     members_to_plain,
 )
-from vault_node.state import ApplyResult, Outcome, VaultState
+from vault_node.state import ApplyResult, Command, Outcome, VaultState
 from vault_node.transport_cipher import TransportCipher
 
 log = logging.getLogger("vault_node.raft")
@@ -87,7 +87,13 @@ class TruncationMonitor(logging.Handler):
             log.error("raft safety: pysyncobj truncated already-applied log entries")
 
 
-_MEMBERSHIP_ENTRY = 2  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP: an entry's first byte
+_MEMBERSHIP_ENTRY = _syncobj_module._COMMAND_TYPE.MEMBERSHIP  # an entry's first byte
+
+
+def is_membership_entry(command: bytes) -> bool:
+    """A log entry that changes the Raft group's membership."""
+    return command[:1] == bytes([_MEMBERSHIP_ENTRY])
+
 
 TRUNCATION_MONITOR = TruncationMonitor()
 logging.getLogger("pysyncobj.syncobj").addHandler(TRUNCATION_MONITOR)
@@ -201,7 +207,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         conf_kwargs: dict[str, Any],
         journal: DurableJournal,
         snapshot_path: Path,
-        audit: AuditLog | None = None,
+        audit: AuditLog,
         *,
         known_members: Mapping[str, Member] | None = None,
     ) -> None:
@@ -242,18 +248,17 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
     def _bkv_apply(self, encoded: bytes) -> ApplyResult:
         """Apply one committed entry; a malformed one is a logged no-op, never a crash."""
         index = int(self.raftLastApplied) + 1  # pysyncobj counts an entry once applied
+        command: Command | None = None
+        time_ms: int | None = None
         try:
             command, time_ms = decode_entry(encoded)
         except ValueError:
             log.error("ignoring a malformed committed command")
             result = ApplyResult(Outcome.INVALID)
-            if self.bkv_audit is not None:
-                self.bkv_audit.record(index, None, result, None)
-            return result
-        with self.bkv_state_lock:
-            result = self.bkv_state.apply(command)
-        if self.bkv_audit is not None:
-            self.bkv_audit.record(index, command, result, time_ms)
+        else:
+            with self.bkv_state_lock:
+                result = self.bkv_state.apply(command)
+        self.bkv_audit.record(index, command, result, time_ms)
         return result
 
     def submit_encoded(self, encoded: bytes, callback: Callable[[Any, int], None]) -> None:
@@ -266,8 +271,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         # Entries appended in the previous tick become durable before this tick's
         # commit computation counts this node's own log.
         self.bkv_journal.sync()
-        if self.bkv_audit is not None:
-            self.bkv_audit.sync_if_due()  # the journal can rebuild it: no fsync per tick
+        self.bkv_audit.sync_if_due()  # the journal can rebuild it: no fsync per tick
         super()._onTick(timeToWait)
 
     def _checkCommandsToApply(self) -> None:
@@ -284,8 +288,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
 
     def _bkv_serialize(self, filename: str, data: Any) -> None:
         last, previous, cluster = data
-        if self.bkv_audit is not None:  # no audited entry may be lost behind a snapshot
-            self.bkv_audit.sync()
+        self.bkv_audit.sync()  # no audited entry may be lost behind a snapshot
         with self.bkv_state_lock:
             plain = self.bkv_state.to_plain()
         # membership rides in the snapshot's state table (VaultState ignores the key)
@@ -310,8 +313,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             raise
         with self.bkv_state_lock:
             self.bkv_state = state
-        if self.bkv_audit is not None:
-            self.bkv_audit.snapshot_installed(int(last[1]))
+        self.bkv_audit.snapshot_installed(int(last[1]))
         self.bkv_snapshots_loaded += 1
         self._bkv_snapshot_index = int(last[1])
         # a snapshot from before membership was recorded keeps the current membership
@@ -341,7 +343,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
 
     def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> list[Any] | None:
         """pysyncobj's hook for membership entries, reading our JSON form."""
-        if command[:1] != bytes([_MEMBERSHIP_ENTRY]):
+        if not is_membership_entry(command):
             return None
         change = decode_change(command[1:])
         if change is None:

@@ -36,8 +36,7 @@ def _latin1_encode(text: object, encoding: object = "latin1") -> bytes:
 
 def loads(data: bytes | str) -> Any:
     """Unpickle plain data only; ``pickle.UnpicklingError`` for anything else."""
-    raw = data if isinstance(data, bytes) else data.encode("utf-8")
-    return _NoGlobals(io.BytesIO(raw)).load()
+    return _NoGlobals(io.BytesIO(to_bytes(data))).load()
 
 
 def load(file: Any) -> Any:

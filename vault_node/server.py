@@ -20,7 +20,7 @@ from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.health import can_answer, vault_health
 from vault_node.hsm import FleetHsm, HsmError
 from vault_node.hsm_pkcs11 import load_master_key
-from vault_node.membership import Member
+from vault_node.membership import bootstrap_members
 from vault_node.metrics import VaultMetrics
 from vault_node.replication import RaftConfig, RaftStartupError, ReplicatedVault
 from vault_node.service import VaultService
@@ -86,10 +86,7 @@ class VaultNode:
                     commit_timeout=cfg.commit_timeout_seconds,
                     bind_address=cfg.raft_bind,
                     audit_file=cfg.audit_file,
-                    members=tuple(
-                        Member(p.node_id, p.datacenter, p.raft_address, p.grpc_address)
-                        for p in cfg.peers
-                    ),
+                    members=bootstrap_members(cfg.peers),
                 )
             )
         except RaftStartupError as err:

@@ -25,7 +25,7 @@ from typing import Any
 from pysyncobj.syncobj import _COMMAND_TYPE
 
 from vault_node.hsm import HsmError, MasterKeyBackend
-from vault_node.journal import write_snapshot
+from vault_node.journal import fsync_dir, write_snapshot
 from vault_node.membership import Member, MembershipError, members_from_plain, members_to_plain
 from vault_node.raft_core import SNAPSHOT_MEMBERS_KEY
 from vault_node.replication import SNAPSHOT_FILE
@@ -111,19 +111,31 @@ def _position(value: Any) -> tuple[int, int]:
     return value[0], value[1]
 
 
+def taken_now(
+    state: Any, members: Any, last_entry: Any, previous_entry: Any, source_node: str
+) -> SnapshotContents:
+    """Contents taken at this moment, from plain data; validated like a file's contents."""
+    return SnapshotContents.from_plain({
+        "format": FORMAT_VERSION,
+        "state": state,
+        "members": members,
+        "last_entry": last_entry,
+        "previous_entry": previous_entry,
+        "taken_at": int(time.time()),
+        "source_node": source_node,
+    })
+
+
 def contents_from_reply(reply: dict[str, Any]) -> SnapshotContents:
     """Build (and validate) the contents from a node's admin snapshot reply."""
     node = reply.get("node")
-    plain = {
-        "format": FORMAT_VERSION,
-        "state": reply.get("state"),
-        "members": reply.get("members"),
-        "last_entry": reply.get("last_entry"),
-        "previous_entry": reply.get("previous_entry"),
-        "taken_at": int(time.time()),
-        "source_node": node.get("node_id", "") if isinstance(node, dict) else "",
-    }
-    return SnapshotContents.from_plain(plain)
+    return taken_now(
+        reply.get("state"),
+        reply.get("members"),
+        reply.get("last_entry"),
+        reply.get("previous_entry"),
+        node.get("node_id", "") if isinstance(node, dict) else "",
+    )
 
 
 def _aad(fid: bytes) -> bytes:
@@ -175,6 +187,7 @@ def write_file(path: Path, blob: bytes) -> None:
         finally:
             os.close(fd)
         os.link(tmp, path)  # fails instead of replacing a file created meanwhile
+        fsync_dir(path.parent)
     except FileExistsError:
         raise SnapshotFileError(f"{path} already exists; refusing to overwrite") from None
     except OSError as err:

@@ -12,60 +12,44 @@ commit index on disk may lag by up to a second after a crash.
 from __future__ import annotations
 
 import contextlib
-import json
-import struct
-import time
-import zlib
 from pathlib import Path
 
+from pysyncobj.syncobj import _COMMAND_TYPE
+
 from vault_node import safe_pickle
-from vault_node.journal import read_snapshot
+from vault_node.journal import Entry, load_meta, meta_path, read_records, read_snapshot
 from vault_node.log_entries import decode_entry
 from vault_node.membership import Member
 from vault_node.raft_core import SNAPSHOT_MEMBERS_KEY
 from vault_node.replication import JOURNAL_FILE, SNAPSHOT_FILE
-from vault_node.snapshot_file import FORMAT_VERSION, SnapshotContents, SnapshotFileError
+from vault_node.snapshot_file import SnapshotContents, SnapshotFileError, taken_now
 from vault_node.state import VaultState
 
-# The journal file's layout (vault_node.journal): magic, then per entry
-# payload length, crc32 over (index, term, payload), index, term, payload.
-_MAGIC = b"BKVJRNL1"
-_HEADER = struct.Struct(">IIQQ")
-_REGULAR = 0  # pysyncobj's _COMMAND_TYPE.REGULAR
+_REGULAR = bytes([_COMMAND_TYPE.REGULAR])
 
 
-def _journal_entries(path: Path) -> list[tuple[bytes, int, int]]:
+def _journal_entries(path: Path) -> list[Entry]:
+    """The journal's intact entries, read as the node reads them (a torn tail is left alone)."""
     try:
-        data = path.read_bytes()
+        return read_records(path.read_bytes())[0]
     except FileNotFoundError:
         return []
-    if not data.startswith(_MAGIC):
-        raise SnapshotFileError(f"{path} is not a vault Raft journal")
-    entries, pos = [], len(_MAGIC)
-    while pos + _HEADER.size <= len(data):
-        length, crc, idx, term = _HEADER.unpack_from(data, pos)
-        payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
-        if len(payload) != length or zlib.crc32(struct.pack(">QQ", idx, term) + payload) != crc:
-            break  # a torn tail was never acknowledged
-        entries.append((payload, idx, term))
-        pos += _HEADER.size + length
-    return entries
-
-
-def _commit_index(data_dir: Path) -> int:
-    try:
-        meta = json.loads((data_dir / (JOURNAL_FILE + ".meta")).read_bytes())
-    except FileNotFoundError:
-        return 0
     except ValueError:
+        raise SnapshotFileError(f"{path} is not a vault Raft journal") from None
+
+
+def _commit_index(journal_path: Path) -> int:
+    try:
+        meta = load_meta(meta_path(journal_path))
+    except RuntimeError:
         raise SnapshotFileError("the Raft metadata file is unreadable") from None
-    value = meta.get("commit_index", 0) if isinstance(meta, dict) else 0
+    value = meta.get("commit_index", 0)
     return value if type(value) is int else 0
 
 
 def _vault_entry(command: bytes) -> bytes | None:
     """The vault command inside a pysyncobj REGULAR entry, or None for other entry types."""
-    if command[:1] != bytes([_REGULAR]):
+    if command[:1] != _REGULAR:
         return None
     try:
         decoded = safe_pickle.loads(command[1:])
@@ -92,8 +76,9 @@ def read_data_dir(data_dir: Path, node_id: str, members: tuple[Member, ...]) -> 
             positions = [(previous[1], previous[2]), (last[1], last[2])]
     except (OSError, ValueError, KeyError, TypeError):
         raise SnapshotFileError(f"the node's snapshot {snapshot} is unusable") from None
-    commit = _commit_index(data_dir)
-    for command, idx, term in _journal_entries(data_dir / JOURNAL_FILE):
+    journal = data_dir / JOURNAL_FILE
+    commit = _commit_index(journal)
+    for command, idx, term in _journal_entries(journal):
         if idx <= first or idx > commit:
             continue
         encoded = _vault_entry(command)
@@ -103,12 +88,5 @@ def read_data_dir(data_dir: Path, node_id: str, members: tuple[Member, ...]) -> 
         positions.append((idx, term))
     if len(positions) < 2:
         raise SnapshotFileError(f"{data_dir} holds no committed state")
-    return SnapshotContents.from_plain({
-        "format": FORMAT_VERSION,
-        "state": state.to_plain(),
-        "members": [m.to_plain() for m in members],
-        "last_entry": list(positions[-1]),
-        "previous_entry": list(positions[-2]),
-        "taken_at": int(time.time()),
-        "source_node": node_id,
-    })
+    return taken_now(state.to_plain(), [m.to_plain() for m in members],
+                     list(positions[-1]), list(positions[-2]), node_id)

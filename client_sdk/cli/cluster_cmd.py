@@ -79,7 +79,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _remote_status(config_path: Path, as_json: bool) -> int:
     """Any cluster, through the first ChatD of the client config that answers."""
-    from client_sdk.cluster_status import ask_chatds, rows_from_reply
+    from bkv_ops.cluster_status import ask_chatds, rows_from_reply
 
     try:
         client = ClientConfig.load(config_path)
@@ -98,7 +98,7 @@ def _remote_status(config_path: Path, as_json: bool) -> int:
 def _print_status(views: list[NodeView], layout: dict[str, Any], *, as_json: bool = False
                   ) -> int:
     """Nodes grouped by data center; unreachable nodes are marked, never hidden."""
-    from client_sdk.cluster_status import NodeIdentity, build_rows
+    from bkv_ops.cluster_status import NodeIdentity, build_rows
 
     known = {v.grpc_address: NodeIdentity(v.node_id, v.datacenter, v.shard) for v in views}
     extra = {n["node_id"]: {"metrics": n["metrics_address"]}
@@ -109,7 +109,7 @@ def _print_status(views: list[NodeView], layout: dict[str, Any], *, as_json: boo
 
 def _report(rows: list[Any], chatds: list[dict[str, Any]], as_json: bool) -> int:
     """Print the table (or JSON) and the ChatDs; the exit code says how healthy it looks."""
-    from client_sdk.cluster_status import format_table, shards_without_leader, status_document
+    from bkv_ops.cluster_status import format_table, shards_without_leader, status_document
 
     chatd_view = [{"name": c["name"], "address": c["listen"],
                    "metrics": c.get("metrics_address", ""),

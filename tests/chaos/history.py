@@ -144,11 +144,6 @@ def completions(events: list[Event]) -> dict[int, Event]:
     return {e.op: e for e in events if e.type != "invoke"}
 
 
-def invocations(events: list[Event]) -> dict[int, Event]:
-    """op id -> its invoke event."""
-    return {e.op: e for e in events if e.type == "invoke"}
-
-
 def first_ok_recovery_after(events: list[Event], t: float) -> float | None:
     """Monotonic time of the first successful ``finish`` (a key released) completed after ``t``."""
     for e in events:
@@ -165,9 +160,13 @@ def first_ok_recovery_after(events: list[Event], t: float) -> float | None:
 
 def outcome_kind(event: Event) -> str:
     """A short name for a completion: ``ok``, ``fail``, ``info``, or the ok value's kind."""
-    if event.type != "ok":
-        return event.type
-    value = event.value
+    return outcome_of(event.type, event.value)
+
+
+def outcome_of(type: str, value: Any) -> str:
+    """``outcome_kind`` of a completion of this type and value (before it is an event)."""
+    if type != "ok":
+        return type
     if isinstance(value, dict):
         if "error" in value:
             return str(value["error"])

@@ -47,7 +47,7 @@ from client_sdk.vault_replies import (
 )
 from client_sdk.vault_transport import TOKEN_METADATA_KEY, ChatDTransport, TokenSource
 
-from .history import History
+from .history import History, outcome_of
 
 CALL_TIMEOUT = 6.0  # one step; a little above ChatD's own 5 s deadline for finding a leader
 OVERLAP_RATE = 0.1  # share of actions spent on another client's honest account
@@ -346,9 +346,7 @@ class Workload:
                 *, resets: bool = False) -> str:
         """Complete ``op`` in the history, update the owner's belief, return the outcome kind."""
         self.history.complete(op, kind, value)
-        outcome = kind
-        if isinstance(value, dict):
-            outcome = str(value.get("error") or ("ke2" if value.get("ke2") else "gen"))
+        outcome = outcome_of(kind, value)
         self._count(f"{f}:{outcome}")
         if a is None:
             return outcome

@@ -28,7 +28,7 @@ from chatd_proxy.status_page import RateWindow
 from client_sdk.config import ClientConfig
 from client_sdk.launcher import LocalCluster
 from client_sdk.vault_client import VaultClient
-from tests.cluster.conftest import start_cluster, wait_until
+from tests.cluster.conftest import running_cluster, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_TIMEOUT = 90.0
@@ -37,12 +37,8 @@ SHOT_SIZE = (1200, 800)
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="bkv-status-page-") as tmp:
-        c = start_cluster(Path(tmp) / "state")
-        try:
-            yield c
-        finally:
-            c.down(grace=5)
+    with running_cluster("bkv-status-page-") as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ vault, not on Argon2id; everything else is the production code path.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +28,8 @@ from client_sdk.vault_transport import ChatDTransport, TokenSource
 UP_TIMEOUT = 150.0
 
 
-def start_cluster(state: Path, shards: int = 1) -> LocalCluster:
-    cluster = LocalCluster(state, shards, allow_identity_ksf=True)
+def start_cluster(state: Path, shards: int = 1, **options: Any) -> LocalCluster:
+    cluster = LocalCluster(state, shards, allow_identity_ksf=True, **options)
     try:
         cluster.up(timeout=UP_TIMEOUT)
     except BaseException:
@@ -37,16 +38,23 @@ def start_cluster(state: Path, shards: int = 1) -> LocalCluster:
     return cluster
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+@contextlib.contextmanager
+def running_cluster(prefix: str, shards: int = 1, **options: Any) -> Iterator[LocalCluster]:
+    """A cluster started in a new temporary folder, stopped on exit (module fixtures)."""
     # Not tmp_path_factory: pytest prunes old numbered temp dirs, which another
     # pytest run on the machine may do while this cluster still uses its state.
-    with tempfile.TemporaryDirectory(prefix="bkv-cluster-test-") as tmp:
-        c = start_cluster(Path(tmp) / "state")
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        c = start_cluster(Path(tmp) / "state", shards, **options)
         try:
             yield c
         finally:
             c.down(grace=5)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with running_cluster("bkv-cluster-test-") as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

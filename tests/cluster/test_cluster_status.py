@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,15 +14,17 @@ from typing import Any
 import pytest
 
 from bkv_api.v1 import services_pb2
-from client_sdk.cluster_status import (
+from bkv_ops.cluster_status import (
     NodeIdentity,
     build_rows,
     format_table,
     shards_without_leader,
     status_document,
 )
+from client_sdk import compose_layout
+from client_sdk.config import ClientConfig
 from client_sdk.launcher import LocalCluster
-from client_sdk.launcher_layout import add_ops_ports, new_layout
+from client_sdk.launcher_layout import LauncherError, add_ops_ports, new_layout
 
 from .conftest import wait_until
 
@@ -154,6 +157,21 @@ def test_no_chatd_answering_is_an_error(tmp_path: Path, cluster: LocalCluster) -
     proc = bkv_status("--config", str(config))
     assert proc.returncode == 4 and "no ChatD answered" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.cluster
+def test_compose_status_helpers_ask_every_chatd(cluster: LocalCluster) -> None:
+    """``compose_layout.wait_ready`` / ``cluster_status`` against real ChatDs."""
+    config = ClientConfig.load(cluster.client_config_path)
+    reply = compose_layout.wait_ready(config, 30.0)
+    assert sorted(n.node_id for n in reply.nodes) == sorted(cluster.nodes())
+    assert any(n.role == "leader" for n in reply.nodes)
+    assert compose_layout.cluster_status(config) is not None
+    silent = dataclasses.replace(config, chatd=["127.0.0.1:1"])
+    assert compose_layout.cluster_status(silent, timeout=1.0) is None
+    with pytest.raises(LauncherError, match="a ChatD does not answer"):
+        compose_layout.wait_ready(dataclasses.replace(config, chatd=[*config.chatd,
+                                                                     "127.0.0.1:1"]), 2.0)
 
 
 @pytest.mark.cluster

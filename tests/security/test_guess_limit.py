@@ -114,6 +114,16 @@ def _login_start_envelope(
     return client.seal(account, pb.LOGIN_START, request), key
 
 
+def _direct(client: VaultTestClient) -> Callable[[pb.SealedRequest], pb.SealedResponse]:
+    """Deliver straight to the vault node the client talks to, as ChatD does."""
+
+    def send(envelope: pb.SealedRequest) -> pb.SealedResponse:
+        response: pb.SealedResponse = client.stub.Handle(envelope, timeout=RPC_TIMEOUT)
+        return response
+
+    return send
+
+
 def _via_chatd(
     config: ClientConfig, channel: grpc.Channel, account: str
 ) -> Callable[[pb.SealedRequest], pb.SealedResponse]:
@@ -142,10 +152,7 @@ def test_replayed_ke1_envelope_costs_one_attempt(
     _, ke1 = opaque.client_start_login(WRONG)
     envelope, key = _login_start_envelope(client, account, ke1)
 
-    def direct(e: pb.SealedRequest) -> pb.SealedResponse:
-        response: pb.SealedResponse = client.stub.Handle(e, timeout=RPC_TIMEOUT)
-        return response
-
+    direct = _direct(client)
     try:
         with grpc.insecure_channel(sec_config.chatd[0]) as channel:
             via_chatd = _via_chatd(sec_config, channel, account)
@@ -176,10 +183,7 @@ def test_replayed_ke1_keeps_only_the_newest_session(
     state, ke1 = opaque.client_start_login(PASSWORD)
     envelope, key = _login_start_envelope(client, account, ke1)
 
-    def direct(e: pb.SealedRequest) -> pb.SealedResponse:
-        response: pb.SealedResponse = client.stub.Handle(e, timeout=RPC_TIMEOUT)
-        return response
-
+    direct = _direct(client)
     try:
         replies = [_send(direct, envelope, key).login_start for _ in range(3)]
         for older in replies[:-1]:

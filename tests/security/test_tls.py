@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import stat
-import tempfile
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -29,23 +28,17 @@ from client_sdk.config import ClientConfig
 from client_sdk.errors import VaultUnavailable
 from client_sdk.launcher import LocalCluster, node_status
 from client_sdk.vault_client import VaultClient
+from tests.cluster.conftest import running_cluster
 
 pytestmark = pytest.mark.cluster
 
-UP_TIMEOUT = 150.0
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
 def tls_cluster() -> Iterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="bkv-tls-test-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "state", attempt_limit=3, allow_identity_ksf=True,
-                               tls=True)
-        try:
-            cluster.up(timeout=UP_TIMEOUT)
-            yield cluster
-        finally:
-            cluster.down(grace=5)
+    with running_cluster("bkv-tls-test-", attempt_limit=3, tls=True) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +174,7 @@ def test_role_guard_refuses_a_client_certificate_without_the_chatd_role(
     """A leaf of the right CA that may act as a client but names no admitted role."""
     ca_dir = tls_cluster.state_dir / "tls"
     authority = tls_certs._load_authority(ca_dir / tls.CA_FILE,
-                                    ca_dir / tls.CA_KEY_DIR / tls.CA_KEY_FILE)
+                                          ca_dir / tls.CA_KEY_DIR / tls.CA_KEY_FILE)
     from tests.security.test_tls_certs import client_leaf_with_role
 
     cert, key = client_leaf_with_role(authority, tls.ROLE_VAULT_NODE)

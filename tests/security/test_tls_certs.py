@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from bkv_ops import certs_cli, tls, tls_certs
+from bkv_ops import tls, tls_certs
+from client_sdk import certs_cli
 
 
 def client_leaf_with_role(authority: tls_certs.Authority, role: str) -> tuple[bytes, bytes]:
@@ -146,7 +147,7 @@ def test_certs_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def _serve(tmp_path: Path, authority: tls_certs.Authority) -> tuple[grpc.Server, int]:
     key, cert = tls_certs.issue(authority, tls_certs.Identity(tls.ROLE_VAULT_NODE, "n1",
-                                                  ip_addresses=("127.0.0.1",)))
+                                                              ip_addresses=("127.0.0.1",)))
     tls.write_private(tmp_path / "n1.key", tls_certs.key_pem(key))
     tls.write_public(tmp_path / "n1.pem", tls_certs.cert_pem(cert))
     tls.write_public(tmp_path / "ca.pem", tls_certs.cert_pem(authority.cert))

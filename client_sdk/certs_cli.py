@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out, identities = args.out, _custom_identities(args)
         written = tls_certs.ensure_bundle(out, identities, keep_ca_key=not args.no_keep_ca_key,
-                                    days=args.days)
+                                          days=args.days)
     except (tls.TlsError, OSError) as err:
         print(f"bkv-certs: {err}", file=sys.stderr)
         return 1
