@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv_protocol import tokens
 from chatd_proxy.config import ChatDConfig
 from chatd_proxy.health import NOT_SERVING, SERVING
 from chatd_proxy.server import ChatDServer
 from client_sdk import compose_layout
-from tests.vault.conftest import Cluster, started_cluster
+from tests.vault.conftest import Cluster, health_check, started_cluster, wait_health
 
 SERVICES = ("", "bkv.v1.ChatD")
 WAIT_SECONDS = 10.0
@@ -42,26 +40,11 @@ def _chatd(shards: list[list[str]]) -> ChatDServer:
 
 
 def check(port: int, service: str) -> int | grpc.StatusCode:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=2.0
-            )
-        except grpc.RpcError as err:
-            code: grpc.StatusCode = err.code()
-            return code
-    return int(reply.status)
+    return health_check(f"127.0.0.1:{port}", service)
 
 
 def wait_status(port: int, want: int, deadline: float = WAIT_SECONDS) -> float:
-    start = time.monotonic()
-    seen: list[int | grpc.StatusCode] = []
-    while time.monotonic() - start < deadline:
-        seen = [check(port, s) for s in SERVICES]
-        if all(s == want for s in seen):
-            return time.monotonic() - start
-        time.sleep(0.1)
-    pytest.fail(f"ChatD still reports {seen} after {deadline}s")
+    return wait_health(f"127.0.0.1:{port}", SERVICES, want, deadline)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import tomli_w
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv_api.v1 import envelope_pb2 as pb
 from bkv_api.v1 import services_pb2, services_pb2_grpc
@@ -90,6 +91,31 @@ def write_node_configs(state: Path, size: int, **extra: Any) -> list[dict[str, A
         cfg["config_path"] = str(path)
         configs.append(cfg)
     return configs
+
+
+def health_check(address: str, service: str) -> int | grpc.StatusCode:
+    """The status ``grpc.health.v1.Health/Check`` reports, or the gRPC error code of the call."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=2.0
+            )
+        except grpc.RpcError as err:
+            code: grpc.StatusCode = err.code()
+            return code
+    return int(reply.status)
+
+
+def wait_health(address: str, services: tuple[str, ...], want: int, deadline: float) -> float:
+    """Seconds until every one of ``services`` reports ``want``; fails after ``deadline``."""
+    start = time.monotonic()
+    seen: list[int | grpc.StatusCode] = []
+    while time.monotonic() - start < deadline:
+        seen = [health_check(address, s) for s in services]
+        if all(s == want for s in seen):
+            return time.monotonic() - start
+        time.sleep(0.1)
+    pytest.fail(f"{address} still reports {seen} after {deadline}s")
 
 
 def clean_env() -> dict[str, str]:

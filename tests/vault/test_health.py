@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from client_sdk import compose_layout
-from tests.vault.conftest import NODE_CMD, Cluster, clean_env, started_cluster
+from tests.vault.conftest import (
+    NODE_CMD,
+    Cluster,
+    clean_env,
+    health_check,
+    started_cluster,
+    wait_health,
+)
 from vault_node.health import NOT_SERVING, SERVING, vault_health
 
 SERVICES = ("", "bkv.v1.Vault")
@@ -19,28 +25,11 @@ WAIT_SECONDS = 10.0
 
 
 def check(address: str, service: str) -> int | grpc.StatusCode:
-    """The reported status, or the gRPC error code of the call."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=2.0
-            )
-        except grpc.RpcError as err:
-            code: grpc.StatusCode = err.code()
-            return code
-    return int(reply.status)
+    return health_check(address, service)
 
 
 def wait_status(address: str, want: int, deadline: float = WAIT_SECONDS) -> float:
-    """Seconds until every service of ``address`` reports ``want``; fails after ``deadline``."""
-    start = time.monotonic()
-    seen: list[int | grpc.StatusCode] = []
-    while time.monotonic() - start < deadline:
-        seen = [check(address, s) for s in SERVICES]
-        if all(s == want for s in seen):
-            return time.monotonic() - start
-        time.sleep(0.1)
-    pytest.fail(f"{address} still reports {seen} after {deadline}s")
+    return wait_health(address, SERVICES, want, deadline)
 
 
 @pytest.fixture(scope="module")
