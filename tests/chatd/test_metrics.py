@@ -5,14 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 import tomli_w
-from prometheus_client.parser import text_string_to_metric_families
 
 from bkv_api.v1 import envelope_pb2, services_pb2_grpc
 from bkv_protocol import tokens
@@ -24,23 +22,13 @@ from tests.vault.conftest import (
     VaultTestClient,
     clean_env,
     init_fleet,
+    scrape,
     write_node_configs,
 )
 
 ACCOUNT = "+15550003333-chatd"
 FLOODER = "+15550004444-chatd"
 BURST = 8
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(address: str) -> tuple[str, Samples]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5.0) as response:
-        text: str = response.read().decode("utf-8")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return text, samples
 
 
 class _ViaChatD:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import grpc
 import pytest
 import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from bkv_api.v1 import envelope_pb2 as pb
 from bkv_api.v1 import services_pb2, services_pb2_grpc
@@ -117,6 +119,19 @@ def wait_health(address: str, services: tuple[str, ...], want: int, deadline: fl
         time.sleep(0.1)
     pytest.fail(f"{address} still reports {seen} after {deadline}s")
 
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(address: str) -> tuple[str, Samples]:
+    """The raw exposition text and every sample keyed by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5.0) as response:
+        text: str = response.read().decode("utf-8")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return text, samples
 
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BKV_")}

@@ -2,40 +2,28 @@
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import tomli_w
-from prometheus_client.parser import text_string_to_metric_families
 
 from client_sdk.launcher_layout import free_ports
 from tests.vault.conftest import (
     TEST_ATTEMPT_LIMIT,
     Cluster,
+    Samples,
     VaultCallError,
     VaultTestClient,
     init_fleet,
+    scrape,
     write_node_configs,
 )
 from vault_node.config import ConfigError, NodeConfig
 
 ACCOUNT = "+15550001111-metrics"
 DOOMED = "+15550002222-metrics"
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(address: str) -> tuple[str, Samples]:
-    """The raw exposition text and every sample keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5.0) as response:
-        text: str = response.read().decode("utf-8")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return text, samples
 
 
 def requests(samples: Samples, step: str, outcome: str) -> float:
