@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,23 +174,44 @@ def peer_role(context: Any) -> str | None:
 
 
 class RoleGuard(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuses (PERMISSION_DENIED) every call whose client certificate has another role."""
+    """Refuses (PERMISSION_DENIED) every call whose client certificate's role may not call it.
 
-    def __init__(self, allowed: Iterable[str]) -> None:
-        self._allowed = frozenset(allowed)
+    ``allowed`` is either the roles admitted to every method, or a map from full
+    method name (``/package.Service/Method``) to the roles admitted to it; a
+    method missing from the map admits no role. The check runs before the
+    handler, so a refused call changes nothing (it costs no attempt).
+    """
+
+    def __init__(self, allowed: Iterable[str] | Mapping[str, Iterable[str]]) -> None:
+        if isinstance(allowed, Mapping):
+            self._per_method: dict[str, frozenset[str]] | None = {
+                method: frozenset(roles) for method, roles in allowed.items()
+            }
+            self._allowed: frozenset[str] = frozenset()
+        else:
+            self._per_method = None
+            self._allowed = frozenset(allowed)
+
+    def roles_for(self, method: str) -> frozenset[str]:
+        """The roles that may call ``method``."""
+        if self._per_method is None:
+            return self._allowed
+        return self._per_method.get(method, frozenset())
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        return _guarded(handler, self._check)
+        roles = self.roles_for(details.method)
+        return _guarded(handler, functools.partial(_check_role, roles))
 
-    def _check(self, context: Any) -> None:
-        if peer_role(context) not in self._allowed:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "client certificate does not carry a role this server accepts",
-            )
+
+def _check_role(roles: frozenset[str], context: Any) -> None:
+    if peer_role(context) not in roles:
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "client certificate does not carry a role this method accepts",
+        )
 
 
 def _guarded(handler: Any, check: Callable[[Any], None]) -> Any:

@@ -119,7 +119,10 @@ class VaultClient:
             shard,
             REGISTER_FINISH,
             envelope_pb2.RegisterFinish(
-                registration_record=record, key_deposit=deposit, ksf=self.ksf.descriptor
+                registration_record=record,
+                key_deposit=deposit,
+                ksf=self.ksf.descriptor,
+                registration_ticket=start.registration_ticket,
             ),
         )
 

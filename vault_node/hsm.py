@@ -40,8 +40,18 @@ _TAG_BYTES = 16
 _FLEET_MAGIC = b"BKVFLEET"
 _FLEET_LABEL = b"bkv fleet secrets v1\x00"
 _RECORD_LABEL = b"bkv record v1\x00"
-_RECORD_PLAIN_VERSION = b"\x01"
+_RECORD_PLAIN_V1 = b"\x01"  # no credential identifier: the account name was the identifier
+_RECORD_PLAIN_V2 = b"\x02"  # the registration's own credential identifier is stored
 _ACCOUNT_LABEL = b"bkv account id v1\x00"
+_TICKET_KEY_LABEL = b"bkv registration ticket key v1\x00"
+_TICKET_LABEL = b"bkv registration ticket v1\x00"
+_TICKET_VERSION = b"\x01"
+_TICKET_NONCE_BYTES = 32
+_TICKET_MAC_BYTES = 16
+TICKET_BYTES = 1 + _TICKET_NONCE_BYTES + _TICKET_MAC_BYTES
+# Prefix of every per-registration credential identifier. A legacy identifier is
+# the account's UTF-8 name, which never contains NUL, so the two never collide.
+CREDENTIAL_PREFIX = b"bkv-cred-v2\x00"
 ACCOUNT_HASH_KEY_BYTES = 32
 RECORD_ID_BYTES = 16
 
@@ -164,23 +174,41 @@ def _split(blob: bytes, count: int, what: str) -> list[bytes]:
 
 @dataclass(frozen=True)
 class StoredRecord:
-    """What the vault keeps per account (sealed at rest): OPAQUE record, deposit, KSF."""
+    """What the vault keeps per account (sealed at rest): OPAQUE record, deposit, KSF.
+
+    ``credential_identifier`` is the OPRF key name of this registration (chosen by
+    the vault at REGISTER_START, see :meth:`FleetHsm.start_registration`). Records
+    written before it existed decode with ``b""``: their identifier is the account.
+    """
 
     registration_record: bytes = field(repr=False)
     key_deposit: bytes = field(repr=False)
     ksf: str
+    credential_identifier: bytes = field(default=b"", repr=False)
 
     def encode(self) -> bytes:
-        return _RECORD_PLAIN_VERSION + _fields(
-            self.registration_record, self.key_deposit, self.ksf.encode("utf-8")
+        if not self.credential_identifier:
+            return _RECORD_PLAIN_V1 + _fields(
+                self.registration_record, self.key_deposit, self.ksf.encode("utf-8")
+            )
+        return _RECORD_PLAIN_V2 + _fields(
+            self.registration_record,
+            self.key_deposit,
+            self.ksf.encode("utf-8"),
+            self.credential_identifier,
         )
 
     @classmethod
     def decode(cls, blob: bytes) -> StoredRecord:
-        if blob[:1] != _RECORD_PLAIN_VERSION:
-            raise HsmError("stored record has an unknown version")
-        record, deposit, ksf = _split(blob[1:], 3, "stored record")
-        return cls(record, deposit, ksf.decode("utf-8"))
+        if blob[:1] == _RECORD_PLAIN_V1:
+            record, deposit, ksf = _split(blob[1:], 3, "stored record")
+            return cls(record, deposit, ksf.decode("utf-8"))
+        if blob[:1] == _RECORD_PLAIN_V2:
+            record, deposit, ksf, credential = _split(blob[1:], 4, "stored record")
+            if not credential.startswith(CREDENTIAL_PREFIX):
+                raise HsmError("stored record is malformed")
+            return cls(record, deposit, ksf.decode("utf-8"), credential)
+        raise HsmError("stored record has an unknown version")
 
 
 @dataclass(frozen=True)
@@ -208,7 +236,14 @@ class VerifiedLogin:
 class FleetHsm:
     """Operations over the fleet secrets; the secrets themselves never leave this object."""
 
-    __slots__ = ("_account_key", "_backend", "_hpke_private", "_opaque", "fleet_public_key")
+    __slots__ = (
+        "_account_key",
+        "_backend",
+        "_hpke_private",
+        "_opaque",
+        "_ticket_key",
+        "fleet_public_key",
+    )
 
     def __init__(self, backend: MasterKeyBackend, plaintext_secrets: bytes) -> None:
         seed, opaque_private, hpke_private, account_key = _split(
@@ -223,6 +258,7 @@ class FleetHsm:
             raise HsmError("fleet secrets are malformed") from None
         self._hpke_private = hpke_private
         self._account_key = account_key
+        self._ticket_key = hmac.new(account_key, _TICKET_KEY_LABEL, hashlib.sha256).digest()
         self._backend = backend
 
     def __repr__(self) -> str:
@@ -257,10 +293,37 @@ class FleetHsm:
         """Open a client's HPKE-sealed request (raises ProtocolError if it doesn't open)."""
         return sealing.open_request(self._hpke_private, account, shard, message_type, sealed)
 
-    def registration_response(self, request: bytes, credential_identifier: bytes) -> bytes:
-        return bytes(
-            opaque.server_registration_response(self._opaque, request, credential_identifier)
+    def start_registration(self, request: bytes, account_id: bytes) -> tuple[bytes, bytes]:
+        """Answer a RegistrationRequest under a fresh OPRF key; return (response, ticket).
+
+        Each registration gets its own credential identifier, drawn here, so the
+        OPRF key this evaluation uses is one no stored deposit uses: a
+        REGISTER_START can never serve as an uncounted password test against the
+        account's current deposit (SECURITY.md, "Every use of a deposit's
+        secrets"). The ticket carries the identifier to REGISTER_FINISH, bound to
+        the account by a MAC under a fleet secret.
+        """
+        nonce = secrets.token_bytes(_TICKET_NONCE_BYTES)
+        response = opaque.server_registration_response(
+            self._opaque, request, CREDENTIAL_PREFIX + nonce
         )
+        ticket = _TICKET_VERSION + nonce + self._ticket_mac(account_id, nonce)
+        return bytes(response), ticket
+
+    def credential_from_ticket(self, account_id: bytes, ticket: bytes) -> bytes:
+        """The credential identifier a ticket of this account names; HsmError if forged."""
+        if len(ticket) != TICKET_BYTES or ticket[:1] != _TICKET_VERSION:
+            raise HsmError("registration ticket is malformed")
+        nonce = ticket[1 : 1 + _TICKET_NONCE_BYTES]
+        if not hmac.compare_digest(ticket[1 + _TICKET_NONCE_BYTES :],
+                                   self._ticket_mac(account_id, nonce)):
+            raise HsmError("registration ticket does not belong to this account")
+        return CREDENTIAL_PREFIX + nonce
+
+    def _ticket_mac(self, account_id: bytes, nonce: bytes) -> bytes:
+        mac = hmac.new(self._ticket_key, _TICKET_LABEL + _fields(account_id, nonce),
+                       hashlib.sha256)
+        return mac.digest()[:_TICKET_MAC_BYTES]
 
     def seal_record(self, account_id: bytes, record_id: bytes, plaintext: bytes) -> bytes:
         return self._backend.seal(plaintext, _RECORD_LABEL + _fields(account_id, record_id))
@@ -287,7 +350,7 @@ class FleetHsm:
         state, ke2 = opaque.server_start_login(
             self._opaque,
             stored.registration_record,
-            identity,
+            stored.credential_identifier or identity,
             ke1,
             context=context,
             client_identity=identity,
@@ -322,6 +385,7 @@ def new_record_id() -> bytes:
 
 
 __all__: Sequence[str] = (
+    "TICKET_BYTES",
     "AuthenticationError",
     "FleetHsm",
     "HsmError",

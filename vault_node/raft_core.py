@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,13 @@ from vault_node.membership import (
     members_from_plain,
     members_to_plain,
 )
-from vault_node.state import ApplyResult, Command, Outcome, VaultState
+from vault_node.state import ApplyResult, Command, Delete, Outcome, Put, VaultState
 from vault_node.transport_cipher import TransportCipher
 
 log = logging.getLogger("vault_node.raft")
 
 _TRUNCATION_TEXT = "truncating already-applied log entries"
+ERASE_DELAY_SECONDS = 3.0  # destroyed or replaced record -> log compaction on this node
 SNAPSHOT_MEMBERS_KEY = "raft_members"
 
 
@@ -222,6 +224,8 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self.bkv_snapshot_error: str | None = None
         self.bkv_snapshots_written = 0
         self.bkv_snapshots_loaded = 0  # read at start-up or installed from the leader
+        self._bkv_erase_due: float | None = None  # when to compact away a removed record
+        self.bkv_erasures = 0  # compactions asked for to erase removed records
         self._bkv_durable = journal.fsync_enabled
         conf = SyncObjConf(
             journalFile=journal,
@@ -257,9 +261,25 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             result = ApplyResult(Outcome.INVALID)
         else:
             with self.bkv_state_lock:
+                replaces = isinstance(command, Put | Delete) and (
+                    self.bkv_state.entry(command.account_id) is not None)
                 result = self.bkv_state.apply(command)
+            if result.outcome == Outcome.DESTROYED or (replaces and result.outcome == Outcome.OK):
+                self._bkv_schedule_erase()
         self.bkv_audit.record(index, command, result, time_ms)
         return result
+
+    def _bkv_schedule_erase(self) -> None:
+        """A sealed record left the state: compact the log soon, so no copy stays on disk.
+
+        The record's ``Put`` entry sits in the journal (and maybe in the previous
+        snapshot) until a snapshot covers it. Compacting ``ERASE_DELAY_SECONDS``
+        after the first such entry batches a burst of destructions into one
+        snapshot while keeping every node's disk free of the record well within a
+        minute (SECURITY.md, "Destroyed means gone").
+        """
+        if self._bkv_erase_due is None:
+            self._bkv_erase_due = time.monotonic() + ERASE_DELAY_SECONDS
 
     def submit_encoded(self, encoded: bytes, callback: Callable[[Any, int], None]) -> None:
         self._bkv_apply(encoded, callback=callback)
@@ -271,6 +291,10 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         # Entries appended in the previous tick become durable before this tick's
         # commit computation counts this node's own log.
         self.bkv_journal.sync()
+        if self._bkv_erase_due is not None and time.monotonic() >= self._bkv_erase_due:
+            self._bkv_erase_due = None
+            self.bkv_erasures += 1
+            self.forceLogCompaction()  # runs at the end of this tick
         self.bkv_audit.sync_if_due()  # the journal can rebuild it: no fsync per tick
         super()._onTick(timeToWait)
 

@@ -250,6 +250,34 @@ class ReplicatedVault:
     def is_leader(self) -> bool:
         return bool(self._obj._isLeader())
 
+    def term(self) -> int:
+        return int(self._obj.raftCurrentTerm)
+
+    def holds_leadership(self, term: int) -> bool:
+        """Still leader of ``term``, and a majority answered within an election timeout.
+
+        pysyncobj notices a lost leadership only when its tick thread runs; a leader
+        paused (SIGSTOP, a long GC, a VM freeze) and resumed would otherwise still
+        believe it leads while another node does. A follower does not start an
+        election before ``election_timeout_min`` after hearing from this leader, so
+        answers from a majority within that window mean no other leader exists yet.
+        """
+        obj = self._obj
+        if self._stop.is_set() or not obj._isLeader() or int(obj.raftCurrentTerm) != term:
+            return False
+        others = list(obj._SyncObj__otherNodes)
+        if not others:
+            return True
+        responses: dict[Any, float] = obj._SyncObj__lastResponseTime
+        since = time.monotonic() - self._config.election_timeout_min
+        fresh = 1 + sum(1 for node in others if responses.get(node, 0.0) > since)
+        return fresh > (len(others) + 1) / 2
+
+    def exhausted_records(self) -> list[tuple[bytes, bytes]]:
+        """(account id, record id) of live records whose counter reached the limit."""
+        with self._obj.bkv_state_lock:
+            return self._obj.bkv_state.exhausted()
+
     def leader_reachable(self) -> bool:
         """This node reaches a majority and is, or is connected to, the leader it names.
 

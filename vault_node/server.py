@@ -104,9 +104,9 @@ class VaultNode:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
-            # with TLS, only ChatD and the operator's probes may call (the handshake
+            # with TLS, each method admits only the roles that need it (the handshake
             # already demands a client certificate from the cluster CA)
-            interceptors=[RoleGuard((ROLE_CHATD, ROLE_OPS))] if self._tls is not None else None,
+            interceptors=[RoleGuard(METHOD_ROLES)] if self._tls is not None else None,
         )
         services_pb2_grpc.add_VaultServicer_to_server(self.service, self._server)
         self.health = vault_health(self._can_answer)
@@ -163,8 +163,20 @@ class VaultNode:
                     self._sessions.drain()  # a deposed leader's sessions can't finish
                     continue
                 self.service.sweep_expired()
+                self.service.sweep_exhausted()
             except Exception:  # keep sweeping; never log payloads
                 log.exception("session sweep failed")
+
+
+# Who may call what on a vault node. Only ChatD relays sealed requests (``Handle``:
+# the one method that can cost a guess); an ops probe reads status and health and
+# nothing else. Any method not listed here is refused to every role.
+METHOD_ROLES: dict[str, tuple[str, ...]] = {
+    "/bkv.v1.Vault/Handle": (ROLE_CHATD,),
+    "/bkv.v1.Vault/Status": (ROLE_CHATD, ROLE_OPS),
+    "/grpc.health.v1.Health/Check": (ROLE_CHATD, ROLE_OPS),
+    "/grpc.health.v1.Health/Watch": (ROLE_CHATD, ROLE_OPS),
+}
 
 
 def _server_credentials(cfg: NodeConfig) -> grpc.ServerCredentials | None:

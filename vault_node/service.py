@@ -19,11 +19,13 @@ the leader measurable CPU), failures and destructions stay INFO.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any, NoReturn, Protocol
 
 import grpc
@@ -71,6 +73,9 @@ class Replica(Protocol):
 
     def submit(self, command: st.Command, timeout: float | None = None) -> st.ApplyResult: ...
     def is_leader(self) -> bool: ...
+    def term(self) -> int: ...
+    def holds_leadership(self, term: int) -> bool: ...
+    def exhausted_records(self) -> list[tuple[bytes, bytes]]: ...
     def leader_address(self) -> str | None: ...
     def leader_reachable(self) -> bool: ...
     def status(self) -> RaftStatus: ...
@@ -106,6 +111,10 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         # replays must not fill the session table. Oldest forgotten first.
         self._guess_sessions: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self._guess_lock = threading.Lock()
+        # accounts with a LOGIN_START between its BeginAttempt and its session: the
+        # exhausted-record sweep must not destroy a last attempt still being answered
+        self._starting: dict[bytes, int] = {}
+        self._starting_lock = threading.Lock()
 
     # ---- gRPC entry points -------------------------------------------------
 
@@ -179,25 +188,33 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
     ) -> pb.VaultReply:
         body = req.WhichOneof("body")
         if body == "register_start":
-            return self._register_start(req.register_start, account)
+            return self._register_start(req.register_start, account_id)
         if body == "register_finish":
             return self._register_finish(req.register_finish, account_id)
         if body == "login_start":
             return self._login_start(req.login_start, account, account_id, context)
         return self._login_finish(req.login_finish, account, account_id)
 
-    def _register_start(self, body: pb.RegisterStart, account: str) -> pb.VaultReply:
+    def _register_start(self, body: pb.RegisterStart, account_id: bytes) -> pb.VaultReply:
+        """Evaluate the OPRF under a fresh key of this registration's own; counts nothing.
+
+        Nothing here depends on the account's current deposit: the key is new (see
+        ``FleetHsm.start_registration``), so the answer tests no stored password.
+        """
         if len(body.registration_request) != REGISTRATION_REQUEST_BYTES:
             raise _Reply(_Code.BAD_REQUEST, "malformed registration request")
         try:
-            response = self._hsm.registration_response(
-                body.registration_request, account.encode("utf-8")
-            )
+            response, ticket = self._hsm.start_registration(body.registration_request, account_id)
         except ProtocolError:
             raise _Reply(_Code.BAD_REQUEST, "malformed registration request") from None
-        return pb.VaultReply(register_start=pb.RegisterStartReply(registration_response=response))
+        return pb.VaultReply(register_start=pb.RegisterStartReply(
+            registration_response=response, registration_ticket=ticket))
 
     def _register_finish(self, body: pb.RegisterFinish, account_id: bytes) -> pb.VaultReply:
+        try:  # the OPRF key named at REGISTER_START, for this account only
+            credential = self._hsm.credential_from_ticket(account_id, body.registration_ticket)
+        except HsmError:
+            raise _Reply(_Code.BAD_REQUEST, "registration ticket missing or invalid") from None
         try:  # exact length and a valid client public key, so every later login can run
             RegistrationRecord.parse(body.registration_record)
         except ProtocolError:
@@ -213,7 +230,7 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         except ValueError:
             raise _Reply(_Code.BAD_REQUEST, "key-stretching parameters not accepted") from None
         record_id = new_record_id()
-        stored = StoredRecord(body.registration_record, body.key_deposit, body.ksf)
+        stored = StoredRecord(body.registration_record, body.key_deposit, body.ksf, credential)
         sealed = self._hsm.seal_registration(account_id, record_id, stored)
         limit = self._cfg.attempt_limit
         self._submit(st.Put(account_id, record_id, sealed, limit))
@@ -231,6 +248,13 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many login sessions")
         # Invariant 1: the guess is durably counted before anything about it is computed.
         tag = guess_tag(account_id, ke1.blinded_message)
+        with self._login_starting(account_id):
+            return self._counted_login_start(body, account, account_id, tag, context)
+
+    def _counted_login_start(
+        self, body: pb.LoginStart, account: str, account_id: bytes, tag: bytes, context: Any
+    ) -> pb.VaultReply:
+        term = self._replica.term()
         result = self._submit(st.BeginAttempt(account_id, tag))
         if result.outcome == st.Outcome.NOT_REGISTERED:
             raise _Reply(_Code.NOT_REGISTERED, "account not registered")
@@ -251,6 +275,10 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
                 self._destroy_if_exhausted(account_id, record_id)
             what = "malformed KE1" if isinstance(err, ProtocolError) else "record unreadable"
             raise _Reply(_Code.BAD_REQUEST, what, attempts_left) from None
+        if not self._replica.holds_leadership(term):
+            # The guess is counted; a KE2 leaves only a node still leading the term in
+            # which it was. A re-sent KE1 to the new leader is the same guess (free).
+            self._abort_not_leader(context, self._replica.leader_address())
         session = LoginSession(
             session_id=self._sessions.new_session_id(),
             account=account,
@@ -324,18 +352,60 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             self._expire(session)
         return len(gone)
 
+    def sweep_exhausted(self) -> int:
+        """Destroy every record with no guess left and no last attempt open on this leader.
+
+        Such a record can never be released any more: its last attempt failed, lapsed,
+        or was answered by a leader that is gone (sessions are not replicated). A new
+        leader therefore destroys them at its first sweep, without waiting for another
+        request. Returns the number of destructions committed.
+        """
+        # Order matters: a login that counted the last guess before the first read is
+        # either still starting at the second read or has its session at the third.
+        exhausted = self._replica.exhausted_records()
+        if not exhausted:
+            return 0
+        with self._starting_lock:
+            starting = set(self._starting)
+        open_now = self._sessions.open_last_attempts()
+        destroyed = 0
+        for account_id, record_id in exhausted:
+            if account_id in open_now or account_id in starting:
+                continue
+            if self._destroy_if_exhausted(account_id, record_id):
+                destroyed += 1
+        return destroyed
+
+    @contextlib.contextmanager
+    def _login_starting(self, account_id: bytes) -> Iterator[None]:
+        with self._starting_lock:
+            self._starting[account_id] = self._starting.get(account_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._starting_lock:
+                left = self._starting[account_id] - 1
+                if left:
+                    self._starting[account_id] = left
+                else:
+                    del self._starting[account_id]
+
     def _expire(self, session: LoginSession) -> None:
         if session.last_attempt:
             self._destroy_if_exhausted(session.account_id, session.record_id)
 
-    def _destroy_if_exhausted(self, account_id: bytes, record_id: bytes) -> None:
-        # Best effort: if it doesn't commit here, the next BeginAttempt destroys the
-        # record anyway, since its counter already reached the limit.
+    def _destroy_if_exhausted(self, account_id: bytes, record_id: bytes) -> bool:
+        # If it doesn't commit here, the leader's next exhausted-record sweep (or the
+        # next BeginAttempt) destroys the record: its counter already reached the limit.
         try:
-            self._submit(st.DestroyIfExhausted(account_id, record_id))
-            log.info("destroyed record of %s", account_id.hex()[:12])
+            result = self._submit(st.DestroyIfExhausted(account_id, record_id))
         except (NotLeaderError, CommitTimeoutError):
             log.warning("could not commit destruction for %s now", account_id.hex()[:12])
+            return False
+        if result.outcome == st.Outcome.DESTROYED:
+            log.info("destroyed record of %s", account_id.hex()[:12])
+            return True
+        return False
 
     def _submit(self, command: st.Command) -> st.ApplyResult:
         started = time.monotonic()

@@ -91,6 +91,13 @@ class SessionTable:
     def expired(self, session: LoginSession) -> bool:
         return self._clock() >= session.expires_at
 
+    def open_last_attempts(self) -> set[bytes]:
+        """Account ids with an unexpired last-attempt session (it may still succeed)."""
+        now = self._clock()
+        with self._lock:
+            return {s.account_id for s in self._sessions.values()
+                    if s.last_attempt and now < s.expires_at}
+
     def sweep(self) -> list[LoginSession]:
         """Remove and return every expired session."""
         now = self._clock()

@@ -177,6 +177,10 @@ class VaultState:
 
     def __init__(self) -> None:
         self._entries: dict[bytes, AccountEntry] = {}
+        # account id -> record id of every live record whose counter reached its
+        # limit: the leader destroys these unless a last-attempt session is open
+        # (derived from ``_entries``, so it is not part of snapshots or digests)
+        self._exhausted: dict[bytes, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -187,13 +191,32 @@ class VaultState:
     def entry(self, account_id: bytes) -> AccountEntry | None:
         return self._entries.get(account_id)
 
+    def exhausted(self) -> list[tuple[bytes, bytes]]:
+        """(account id, record id) of live records with no guess left, oldest first."""
+        return list(self._exhausted.items())
+
     def apply(self, command: object) -> ApplyResult:
         """Apply one committed command. Never raises: a malformed entry is a no-op."""
         try:
             validate(command)
         except ValueError:
             return ApplyResult(Outcome.INVALID)
-        assert isinstance(command, Put | BeginAttempt | ResetAttempts | DestroyIfExhausted | Delete)
+        account_id = getattr(command, "account_id", b"")
+        try:
+            return self._apply(command)
+        finally:
+            self._track_exhausted(account_id)
+
+    def _track_exhausted(self, account_id: bytes) -> None:
+        entry = self._entries.get(account_id)
+        if entry is not None and not entry.destroyed and entry.attempts >= entry.limit:
+            self._exhausted[account_id] = entry.record_id
+        else:
+            self._exhausted.pop(account_id, None)
+
+    def _apply(self, command: object) -> ApplyResult:
+        if not isinstance(command, Command):  # validate() refused it already; explicit under -O
+            return ApplyResult(Outcome.INVALID)
         entries = self._entries
         current = entries.get(command.account_id)
         if isinstance(command, Put):
@@ -310,6 +333,7 @@ class VaultState:
                 if len(account_id) != ACCOUNT_ID_BYTES or account_id in state._entries:
                     raise ValueError("malformed snapshot entry")
                 state._entries[account_id] = _entry_from_plain(item[1:])
+                state._track_exhausted(account_id)
         except (KeyError, TypeError) as err:
             raise ValueError("malformed snapshot") from err
         return state

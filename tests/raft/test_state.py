@@ -307,3 +307,21 @@ def test_version_1_snapshots_still_load() -> None:
     s = st.VaultState.from_plain(old)
     assert s.entry(A) == st.AccountEntry(R1, b"x", 2, 5)
     assert s.apply(st.BeginAttempt(A, T1)).attempts == 3
+
+
+@given(hs.lists(_commands, max_size=60))
+def test_exhausted_index_matches_the_entries(commands: list[st.Command]) -> None:
+    """The leader's sweep list is exactly the live records with no guess left, also after a
+    snapshot round trip."""
+    state = st.VaultState()
+    for command in commands:
+        state.apply(command)
+        expected = {
+            account_id: entry.record_id
+            for account_id in {c.account_id for c in commands}
+            if (entry := state.entry(account_id)) is not None
+            and not entry.destroyed and entry.attempts >= entry.limit
+        }
+        assert dict(state.exhausted()) == expected
+    restored = st.VaultState.from_plain(state.to_plain())
+    assert dict(restored.exhausted()) == dict(state.exhausted())

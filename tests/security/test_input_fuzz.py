@@ -224,6 +224,9 @@ def test_invalid_points_and_fields_are_refused_without_state_change(
     client.register(account, b"pw", os.urandom(32))
     before = converged_digest(sec_cluster)
     good_record, _ = _record(account)
+    _, probe = opaque.client_start_registration(b"pw")
+    ticket = client.call(account, pb.REGISTER_START, register_start=pb.RegisterStart(
+        registration_request=probe)).register_start.registration_ticket
     bad_cases: list[tuple[int, dict[str, object]]] = [
         (pb.REGISTER_START, {"register_start": pb.RegisterStart(registration_request=bad)})
         for bad in (NON_CANONICAL, IDENTITY, b"\x01" * 33)
@@ -236,13 +239,14 @@ def test_invalid_points_and_fields_are_refused_without_state_change(
         (pb.REGISTER_FINISH, {"register_finish": pb.RegisterFinish(
             registration_record=NON_CANONICAL + good_record[32:],
             key_deposit=deposit.seal_deposit(os.urandom(64), account, os.urandom(32)),
-            ksf=IDENTITY_KSF.descriptor)}),
+            ksf=IDENTITY_KSF.descriptor, registration_ticket=ticket)}),
         (pb.REGISTER_FINISH, {"register_finish": pb.RegisterFinish(
-            registration_record=good_record, key_deposit=b"short", ksf=IDENTITY_KSF.descriptor)}),
+            registration_record=good_record, key_deposit=b"short", ksf=IDENTITY_KSF.descriptor,
+            registration_ticket=ticket)}),
         (pb.REGISTER_FINISH, {"register_finish": pb.RegisterFinish(
             registration_record=good_record,
             key_deposit=deposit.seal_deposit(os.urandom(64), account, os.urandom(32)),
-            ksf="k" * 10_000)}),
+            ksf="k" * 10_000, registration_ticket=ticket)}),
         (pb.LOGIN_FINISH, {"login_finish": pb.LoginFinish(session_id=os.urandom(17),
                                                           ke3=os.urandom(64))}),
     ]

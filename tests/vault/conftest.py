@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bkv_api.v1 import envelope_pb2 as pb
 from bkv_api.v1 import services_pb2, services_pb2_grpc
+from bkv_ops.tls import ClientTls, open_channel
 from bkv_protocol import deposit, opaque, sealing
 from bkv_protocol.errors import AuthenticationError
 from bkv_protocol.ksf import IDENTITY_KSF
@@ -255,8 +256,11 @@ class LoginInProgress:
 class VaultTestClient:
     """Talks `Vault.Handle` directly, using only bkv_protocol (sealing + OPAQUE + deposit)."""
 
-    def __init__(self, address: str, fleet_public_key: bytes, shard: int = 0) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(
+        self, address: str, fleet_public_key: bytes, shard: int = 0, tls: ClientTls | None = None
+    ) -> None:
+        """``tls``: speak mutual TLS with these credentials (e.g. a ChatD's certificate)."""
+        self.channel = open_channel(address, tls)
         self.stub = services_pb2_grpc.VaultStub(self.channel)
         self.fleet_public_key = fleet_public_key
         self.shard = shard
@@ -303,6 +307,7 @@ class VaultTestClient:
                 registration_record=record,
                 key_deposit=deposit.seal_deposit(export_key, account, backup_key),
                 ksf=IDENTITY_KSF.descriptor,
+                registration_ticket=r1.register_start.registration_ticket,
             ),
         )
         return r2.register_finish.attempt_limit

@@ -162,9 +162,10 @@ def test_bad_envelopes_are_invalid_argument_and_change_nothing(
 def test_malformed_bodies_get_a_sealed_bad_request(client: VaultTestClient) -> None:
     account = _account()
     state, request = opaque.client_start_registration(b"pw")
-    response = client.call(
+    started = client.call(
         account, pb.REGISTER_START, register_start=pb.RegisterStart(registration_request=request)
-    ).register_start.registration_response
+    ).register_start
+    response, ticket = started.registration_response, started.registration_ticket
     record, export_key = opaque.client_finish_registration(
         state, response, ksf=IDENTITY_KSF, client_identity=account.encode()
     )
@@ -182,7 +183,8 @@ def test_malformed_bodies_get_a_sealed_bad_request(client: VaultTestClient) -> N
                 account,
                 pb.REGISTER_FINISH,
                 register_finish=pb.RegisterFinish(
-                    registration_record=bad_record, key_deposit=bad_deposit, ksf=ksf
+                    registration_record=bad_record, key_deposit=bad_deposit, ksf=ksf,
+                    registration_ticket=ticket,
                 ),
             )
         assert err.value.code == Code.BAD_REQUEST

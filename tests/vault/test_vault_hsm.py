@@ -127,12 +127,16 @@ def test_requests_open_only_inside_the_hsm(hsm: FleetHsm) -> None:
 
 def _register(hsm: FleetHsm, account: str, password: bytes, backup_key: bytes) -> bytes:
     state, request = opaque.client_start_registration(password)
-    response = hsm.registration_response(request, account.encode())
+    aid = hsm.account_id(account)
+    response, ticket = hsm.start_registration(request, aid)
     record, export_key = opaque.client_finish_registration(
         state, response, ksf=IDENTITY_KSF, client_identity=account.encode()
     )
-    stored = StoredRecord(record, deposit.seal_deposit(export_key, account, backup_key), "x")
-    return hsm.seal_registration(hsm.account_id(account), b"r" * 16, stored)
+    credential = hsm.credential_from_ticket(aid, ticket)
+    stored = StoredRecord(
+        record, deposit.seal_deposit(export_key, account, backup_key), "x", credential
+    )
+    return hsm.seal_registration(aid, b"r" * 16, stored)
 
 
 def test_full_opaque_login_through_the_boundary(hsm: FleetHsm) -> None:
@@ -171,3 +175,91 @@ def test_wrong_password_fails_ke3(hsm: FleetHsm) -> None:
         )
     with pytest.raises(AuthenticationError):
         hsm.finish_login(challenge.server_state, secrets.token_bytes(64))
+
+
+# ---- REGISTER_START is no password oracle (SECURITY.md, "Every use of a deposit's secrets")
+
+
+def _ke2_for(hsm: FleetHsm, account: str, sealed: bytes, password: bytes) -> bytes:
+    _, ke1 = opaque.client_start_login(password)
+    return hsm.start_login(account, hsm.account_id(account), b"r" * 16, sealed, ke1).ke2
+
+
+def test_the_oracle_check_finds_a_password_when_the_oprf_key_is_shared() -> None:
+    """The attack works against the old convention (OPRF key named by the account)."""
+    from tests.security.oracle import candidate_matches, masking_key_from_registration
+
+    keys, account = opaque.generate_server_keys(), "carol"
+    state, request = opaque.client_start_registration(b"secret")
+    record, _ = opaque.client_finish_registration(
+        state, opaque.server_registration_response(keys, request, account.encode()),
+        ksf=IDENTITY_KSF, client_identity=account.encode())
+    _, ke1 = opaque.client_start_login(b"any guess")
+    _, ke2 = opaque.server_start_login(keys, record, account.encode(), ke1,
+                                       context=opaque.PRODUCT_CONTEXT,
+                                       client_identity=account.encode(), server_identity=None)
+    hits = []
+    for candidate in (b"123456", b"secret", b"password"):
+        state, request = opaque.client_start_registration(candidate)
+        response = opaque.server_registration_response(keys, request, account.encode())
+        mk = masking_key_from_registration(state, response, account)
+        hits.append(candidate_matches(bytes(ke2), mk, bytes(keys.public_key)))
+    assert hits == [False, True, False]
+
+
+def test_registration_start_evaluates_under_a_fresh_key_each_time(hsm: FleetHsm) -> None:
+    """The same attack through the HSM: no REGISTER_START answer unmasks a KE2."""
+    from tests.security.oracle import candidate_matches, masking_key_from_registration
+
+    account = "dave"
+    sealed = _register(hsm, account, b"secret", secrets.token_bytes(32))
+    ke2 = _ke2_for(hsm, account, sealed, b"a counted guess")
+    aid = hsm.account_id(account)
+    for candidate in (b"secret", b"secret", b"123456"):
+        state, request = opaque.client_start_registration(candidate)
+        response, _ticket = hsm.start_registration(request, aid)
+        mk = masking_key_from_registration(state, response, account)
+        assert not candidate_matches(ke2, mk, hsm.opaque_public_key)
+
+
+def test_registration_tickets_are_bound_to_their_account(hsm: FleetHsm) -> None:
+    _, request = opaque.client_start_registration(b"pw")
+    alice, bob = hsm.account_id("alice"), hsm.account_id("bob")
+    response_1, ticket_1 = hsm.start_registration(request, alice)
+    response_2, ticket_2 = hsm.start_registration(request, alice)
+    assert response_1 != response_2 and ticket_1 != ticket_2  # a new OPRF key each time
+    assert hsm.credential_from_ticket(alice, ticket_1) != hsm.credential_from_ticket(
+        alice, ticket_2)
+    for forged in (b"", ticket_1[:-1], ticket_1[:-1] + bytes([ticket_1[-1] ^ 1]),
+                   bytes(len(ticket_1))):
+        with pytest.raises(HsmError):
+            hsm.credential_from_ticket(alice, forged)
+    with pytest.raises(HsmError):
+        hsm.credential_from_ticket(bob, ticket_1)  # another account's ticket
+
+
+def test_records_without_a_credential_identifier_still_log_in(hsm: FleetHsm) -> None:
+    """Deposits made before per-registration keys keep working (the account names the key)."""
+    account, key = "erin", secrets.token_bytes(32)
+    aid = hsm.account_id(account)
+    # the old REGISTER_START: a record whose OPRF key the account name selects
+    keys = opaque.server_keys_from(*_fleet_opaque_keys(hsm))
+    state, request = opaque.client_start_registration(b"pw")
+    record, export_key = opaque.client_finish_registration(
+        state, opaque.server_registration_response(keys, request, account.encode()),
+        ksf=IDENTITY_KSF, client_identity=account.encode())
+    legacy = StoredRecord(record, deposit.seal_deposit(export_key, account, key), "x")
+    assert legacy.encode()[:1] == b"\x01"
+    sealed = hsm.seal_registration(aid, b"r" * 16, legacy)
+    state, ke1 = opaque.client_start_login(b"pw")
+    challenge = hsm.start_login(account, aid, b"r" * 16, sealed, ke1)
+    ke3, _, _ = opaque.client_finish_login(state, challenge.ke2, ksf=IDENTITY_KSF,
+                                           context=opaque.PRODUCT_CONTEXT,
+                                           client_identity=account.encode())
+    hsm.finish_login(challenge.server_state, ke3)
+
+
+def _fleet_opaque_keys(hsm: FleetHsm) -> tuple[bytes, bytes]:
+    """The OPRF seed and AKE private key, read the way only a test may."""
+    server_keys = hsm._opaque
+    return bytes(server_keys.oprf_seed), bytes(server_keys.private_key)
