@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj.journal import Journal
+from pysyncobj.syncobj import _COMMAND_TYPE
 
 log = logging.getLogger(__name__)
 
 _MAGIC = b"BKVJRNL1"
 _HEADER = struct.Struct(">IIQQ")  # payload length, crc32, index, term
 _SNAPSHOT_MAGIC = b"BKVSNAP1\n"
+_BASE_ENTRY_COMMAND = bytes([_COMMAND_TYPE.NO_OP])  # what a snapshot's base entry keeps
 
 Entry = tuple[bytes, int, int]  # (command, log index, term) as pysyncobj stores them
 
@@ -173,10 +175,18 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._dirty = True
 
     def deleteEntriesTo(self, entryTo: int) -> None:
-        """Drop the prefix covered by a snapshot: rewrite the journal atomically."""
+        """Drop the prefix covered by a snapshot: rewrite the journal atomically.
+
+        pysyncobj keeps the snapshot's base entry as the log's first one, but only
+        for its index and term: it is never applied or sent again (a follower that
+        needs it gets the snapshot). Its command is blanked to a no-op, so a record
+        that entry carried (one since destroyed or replaced) leaves the disk too.
+        """
         if self._fsync:
             fsync_dir(self._path.parent)  # the snapshot's rename is durable before the log shrinks
         keep = self._entries[entryTo:]
+        if keep:
+            keep[0] = base_entry(keep[0])
         blob = bytearray(_MAGIC)
         offsets = []
         for command, idx, term in keep:
@@ -253,6 +263,16 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
 
 # ---- snapshots -------------------------------------------------------------------------
+
+
+def base_entry(entry: Entry) -> Entry:
+    """A snapshot's base (``previous``) entry as kept on disk: index and term, a no-op command.
+
+    The snapshot and the journal must agree on it (pysyncobj compares them when it
+    loads a snapshot), so both blank it the same way.
+    """
+    _command, idx, term = entry
+    return _BASE_ENTRY_COMMAND, idx, term
 
 
 def _entry_plain(entry: Entry) -> list[Any]:

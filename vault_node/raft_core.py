@@ -56,7 +56,13 @@ from pysyncobj.transport import TCPTransport
 
 from vault_node import safe_pickle
 from vault_node.audit import AuditLog
-from vault_node.journal import DurableJournal, make_durable, read_snapshot, write_snapshot
+from vault_node.journal import (
+    DurableJournal,
+    base_entry,
+    make_durable,
+    read_snapshot,
+    write_snapshot,
+)
 from vault_node.log_entries import decode_entry
 from vault_node.membership import (
     Member,
@@ -319,7 +325,9 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         plain[SNAPSHOT_MEMBERS_KEY] = members_to_plain(
             describe(node, self.bkv_known_members) for node in cluster
         )
-        write_snapshot(Path(filename), plain, last, previous, durable=self._bkv_durable)
+        # the base entry's command is never applied or sent again: keep no record in it
+        write_snapshot(Path(filename), plain, last, base_entry(previous),
+                       durable=self._bkv_durable)
         self.bkv_snapshots_written += 1
 
     def _bkv_deserialize(self, filename: str) -> tuple[Any, Any, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vault_node.journal import DurableJournal, read_snapshot, write_snapshot
+from vault_node.journal import DurableJournal, base_entry, read_snapshot, write_snapshot
 from vault_node.raft_core import filter_append_entries
 
 
@@ -34,7 +34,10 @@ def test_reload_truncate_and_compact(tmp_path: Path) -> None:
     j.deleteEntriesTo(2)
     j._destroy()
     j = DurableJournal(tmp_path / "raft.journal")
-    assert [j[i] for i in range(len(j))] == [*entries[2:5], (b"new", 6, 9)]
+    # the snapshot's base entry keeps its index and term; its command is a no-op
+    assert [j[i] for i in range(len(j))] == [
+        base_entry(entries[2]), *entries[3:5], (b"new", 6, 9)]
+    assert j[0][0] != entries[2][0] and j[0][1:] == entries[2][1:]
     j.clear()
     j._destroy()
     assert len(DurableJournal(tmp_path / "raft.journal")) == 0

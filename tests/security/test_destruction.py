@@ -59,9 +59,10 @@ def _copies_on_disk(data_dirs: list[Path], sealed: bytes) -> list[str]:
     """Files under ``data_dirs`` holding ``sealed``: raw, hex, or as a protocol-2 pickle spells it.
 
     pysyncobj pickles an entry's bytes with protocol 2, which writes them as a
-    latin-1 string in UTF-8; a snapshot writes them in hex.
+    latin-1 string in UTF-8; a snapshot writes state and entries in hex.
     """
-    needles = (sealed, sealed.hex().encode(), sealed.decode("latin-1").encode("utf-8"))
+    pickled = sealed.decode("latin-1").encode("utf-8")
+    needles = (sealed, sealed.hex().encode(), pickled, pickled.hex().encode())
     return [str(p) for d in data_dirs for p in d.rglob("*")
             if p.is_file() and any(n in p.read_bytes() for n in needles)]
 
@@ -208,6 +209,28 @@ def test_a_deposed_leader_resumed_after_sigstop_sends_no_ke2(tmp_path: Path) -> 
             login = client.login_start(account, PASSWORD)
             assert login.reply.attempts_left in (TEST_ATTEMPT_LIMIT - 1, TEST_ATTEMPT_LIMIT - 2)
             assert len(client.login_finish(account, login)) == 32
+        finally:
+            client.close()
+    finally:
+        cluster.stop()
+
+
+def test_a_replaced_deposit_leaves_no_copy_on_any_disk(tmp_path: Path) -> None:
+    """Re-registration replaces the record; the old one (old password) is erased too."""
+    configs = write_node_configs(tmp_path, 3)
+    cluster = Cluster(tmp_path, init_fleet(tmp_path), configs)
+    cluster.start()
+    try:
+        client = VaultTestClient(cluster.wait_for_leader(), cluster.fleet_public_key)
+        account = f"replaced-{secrets.token_hex(5)}"
+        try:
+            client.register(account, PASSWORD, secrets.token_bytes(32))
+            dirs = [_data_dir(c) for c in configs]
+            (old,) = _sealed_records(dirs[0])
+            key = secrets.token_bytes(32)
+            client.register(account, b"a new password", key)
+            _wait_erased(dirs, old)
+            assert client.recover(account, b"a new password") == key
         finally:
             client.close()
     finally:
