@@ -148,7 +148,7 @@ def test_a_wrong_last_ke3_leaves_no_copy_on_any_disk(tmp_path: Path) -> None:
             with pytest.raises(VaultCallError) as err:
                 client.login_finish(account, last)  # type: ignore[arg-type]
             assert err.value.code == pb.VaultError.LOGIN_FAILED
-            _wait_erased(dirs, sealed[0])
+            print(f"erased from every disk in {_wait_erased(dirs, sealed[0]):.1f} s")
             with pytest.raises(VaultCallError) as err:
                 client.login_start(account, PASSWORD)
             assert err.value.code == pb.VaultError.KEY_DESTROYED
