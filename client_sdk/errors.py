@@ -49,6 +49,15 @@ class NotRegistered(VaultError):
         super().__init__(message)
 
 
+class AlreadyRegistered(VaultError):
+    """The account has a live deposit; registering again replaces it only when asked to."""
+
+    def __init__(
+        self, message: str = "this account already has a key deposited in the vault"
+    ) -> None:
+        super().__init__(message)
+
+
 class VaultUnavailable(VaultError):
     """No ChatD / vault leader answered within the deadline: retrying later may work."""
 

@@ -91,8 +91,14 @@ class VaultClient:
 
     # ---- registration -------------------------------------------------------------------
 
-    def register(self, account: str, backup_key: bytes, password: str | bytes) -> None:
-        """Deposit ``backup_key`` for ``account`` under ``password`` (replaces an earlier one)."""
+    def register(
+        self, account: str, backup_key: bytes, password: str | bytes, *, replace: bool = False
+    ) -> None:
+        """Deposit ``backup_key`` for ``account`` under ``password``.
+
+        An account that already has a live deposit raises :class:`AlreadyRegistered`
+        unless ``replace`` is set; replacing makes the old password useless.
+        """
         _check_account(account)
         if not isinstance(backup_key, bytes) or len(backup_key) != BACKUP_KEY_BYTES:
             raise ValueError("backup key must be 32 bytes")
@@ -123,6 +129,7 @@ class VaultClient:
                 key_deposit=deposit,
                 ksf=self.ksf.descriptor,
                 registration_ticket=start.registration_ticket,
+                replace=replace,
             ),
         )
 
@@ -145,8 +152,29 @@ class VaultClient:
                 return key
         raise SessionExpired("the vault lost the login session twice (leader changes?); try again")
 
-    def _login(self, account: str, shard: int, secret: bytes) -> bytes | None:
-        """One OPAQUE login; None when the vault lost the session after KE2 (restartable)."""
+    def delete(self, account: str, password: str | bytes) -> None:
+        """Erase the deposit of ``account``; the right password authorises it.
+
+        A login like :meth:`recover` (a wrong password costs an attempt and raises
+        :class:`WrongPassword`), whose last step asks the vault to delete the
+        record instead of releasing it. The vault commits the deletion through
+        Raft, audits it and compacts it off every node's disk.
+        """
+        _check_account(account)
+        secret = password_bytes(password)
+        shard = shard_for(account, self.config.shard_count)
+        for _ in range(LOGIN_TRIES):
+            if self._login(account, shard, secret, delete=True) is not None:
+                return
+        raise SessionExpired("the vault lost the login session twice (leader changes?); try again")
+
+    def _login(
+        self, account: str, shard: int, secret: bytes, *, delete: bool = False
+    ) -> bytes | None:
+        """One OPAQUE login; None when the vault lost the session after KE2 (restartable).
+
+        Returns the backup key, or ``b""`` when ``delete`` erased the deposit.
+        """
         identity = account.encode("utf-8")
         state, ke1 = opaque.client_start_login(secret)
         start = self._call(account, shard, LOGIN_START, envelope_pb2.LoginStart(ke1=ke1))
@@ -169,10 +197,16 @@ class VaultClient:
                 account,
                 shard,
                 LOGIN_FINISH,
-                envelope_pb2.LoginFinish(session_id=start.session_id, ke3=ke3),
+                envelope_pb2.LoginFinish(
+                    session_id=start.session_id, ke3=ke3, delete_deposit=delete
+                ),
             )
         except SessionExpired:
             return None
+        if delete:
+            if not finish.deleted:
+                raise VaultProtocolError("the vault did not confirm the deletion")
+            return b""
         try:
             deposit = open_from_session(session_key, account, finish.sealed_deposit)
             return open_deposit(export_key, account, deposit)

@@ -18,6 +18,7 @@ from bkv_api.v1 import envelope_pb2
 from bkv_protocol import sealing
 from bkv_protocol.errors import ProtocolError
 from client_sdk.errors import (
+    AlreadyRegistered,
     KeyDestroyed,
     NotRegistered,
     ReplyAuthenticationError,
@@ -104,6 +105,8 @@ def error_from_reply(error: Any) -> VaultError:
         return KeyDestroyed()
     if code == codes.LOGIN_FAILED:
         return WrongPassword(error.attempts_left)
+    if code == codes.ALREADY_REGISTERED:
+        return AlreadyRegistered()
     if code == codes.SESSION_EXPIRED:
         return SessionExpired("the vault no longer knows this login session")
     detail = _clean(error.message)

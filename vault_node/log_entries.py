@@ -42,7 +42,7 @@ def encode_command(command: Command) -> bytes:
     out = bytes([tag]) + command.account_id
     if isinstance(command, Put):
         out += command.record_id + struct.pack(">H", command.limit) + command.sealed_record
-    elif isinstance(command, ResetAttempts | DestroyIfExhausted):
+    elif isinstance(command, ResetAttempts | DestroyIfExhausted | Delete):
         out += command.record_id
     elif isinstance(command, BeginAttempt):
         out += command.guess_tag
@@ -64,8 +64,8 @@ def decode_command(data: bytes) -> Command:
         command = Put(account_id, record_id, rest[RECORD_ID_BYTES + 2 :], limit)
     elif tag == 2 and len(rest) in (0, GUESS_TAG_BYTES):
         command = BeginAttempt(account_id, rest)
-    elif tag == 5 and not rest:
-        command = Delete(account_id)
+    elif tag == 5 and len(rest) in (0, RECORD_ID_BYTES):
+        command = Delete(account_id, rest)
     elif tag in (3, 4) and len(rest) == RECORD_ID_BYTES:
         cls = ResetAttempts if tag == 3 else DestroyIfExhausted
         command = cls(account_id, rest)

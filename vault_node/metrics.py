@@ -32,6 +32,7 @@ _ERROR_OUTCOMES: dict[int, str] = {
     pb.VaultError.KEY_DESTROYED: "destroyed",
     pb.VaultError.SESSION_EXPIRED: "session_expired",
     pb.VaultError.BAD_REQUEST: "bad_request",
+    pb.VaultError.ALREADY_REGISTERED: "already_registered",
 }
 StatusSource = Callable[[], RaftStatus]
 OUTCOMES = frozenset({*_ERROR_OUTCOMES.values(), "ok", "not_leader", "unavailable", "invalid"})

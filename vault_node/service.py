@@ -76,6 +76,7 @@ class Replica(Protocol):
     def term(self) -> int: ...
     def holds_leadership(self, term: int) -> bool: ...
     def exhausted_records(self) -> list[tuple[bytes, bytes]]: ...
+    def entry_view(self, account_id: bytes) -> st.AccountEntry | None: ...
     def leader_address(self) -> str | None: ...
     def leader_reachable(self) -> bool: ...
     def status(self) -> RaftStatus: ...
@@ -229,6 +230,9 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             ksf_from_descriptor(body.ksf, allow_identity=self._cfg.allow_identity_ksf)
         except ValueError:
             raise _Reply(_Code.BAD_REQUEST, "key-stretching parameters not accepted") from None
+        current = self._replica.entry_view(account_id)  # the leader's applied state
+        if current is not None and not current.destroyed and not body.replace:
+            raise _Reply(_Code.ALREADY_REGISTERED, "the account already has a deposit")
         record_id = new_record_id()
         stored = StoredRecord(body.registration_record, body.key_deposit, body.ksf, credential)
         sealed = self._hsm.seal_registration(account_id, record_id, stored)
@@ -320,6 +324,12 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
                 self._destroy_if_exhausted(account_id, session.record_id)
             log.info("login failed for %s", account_id.hex()[:12])
             raise _Reply(_Code.LOGIN_FAILED, "wrong password", session.attempts_left) from None
+        if body.delete_deposit:  # the verified login authorises erasing this record
+            result = self._submit(st.Delete(account_id, session.record_id))
+            if result.outcome != st.Outcome.OK:
+                raise _Reply(_Code.SESSION_EXPIRED, "record changed during login")
+            log.info("deleted the deposit of %s at its owner's request", account_id.hex()[:12])
+            return pb.VaultReply(login_finish=pb.LoginFinishReply(deleted=True))
         result = self._submit(st.ResetAttempts(account_id, session.record_id))
         if result.outcome != st.Outcome.OK:
             # The record was replaced or erased meanwhile: release nothing.

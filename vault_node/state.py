@@ -94,12 +94,17 @@ class DestroyIfExhausted:
 
 @dataclass(frozen=True)
 class Delete:
-    """Forget an account entirely (tombstone included)."""
+    """Forget an account entirely (tombstone included).
+
+    With ``record_id`` (a deletion authorised by a login), only while that record
+    is still the account's live record; empty deletes whatever is there.
+    """
 
     account_id: bytes
+    record_id: bytes = b""
 
     def __repr__(self) -> str:
-        return "Delete()"
+        return f"Delete(bound={bool(self.record_id)})"
 
 
 Command = Put | BeginAttempt | ResetAttempts | DestroyIfExhausted | Delete
@@ -161,6 +166,8 @@ def validate(command: object) -> None:
         raise ValueError("unknown command type")
     _check_bytes(command.account_id, "account_id", ACCOUNT_ID_BYTES)
     if isinstance(command, Put | ResetAttempts | DestroyIfExhausted):
+        _check_bytes(command.record_id, "record_id", RECORD_ID_BYTES)
+    if isinstance(command, Delete) and command.record_id != b"":
         _check_bytes(command.record_id, "record_id", RECORD_ID_BYTES)
     if isinstance(command, BeginAttempt) and command.guess_tag != b"":
         _check_bytes(command.guess_tag, "guess_tag", GUESS_TAG_BYTES)
@@ -225,6 +232,10 @@ class VaultState:
             )
             return ApplyResult(Outcome.OK, command.record_id, attempts=0, limit=command.limit)
         if isinstance(command, Delete):
+            if command.record_id and (
+                current is None or current.destroyed or current.record_id != command.record_id
+            ):
+                return ApplyResult(Outcome.STALE)  # replaced or destroyed meanwhile
             entries.pop(command.account_id, None)
             return ApplyResult(Outcome.OK)
         if current is None:

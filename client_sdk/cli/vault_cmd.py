@@ -1,4 +1,5 @@
-"""`bkv vault register|recover`: deposit a backup key under a password, and get it back.
+"""`bkv vault register|recover|delete`: deposit a backup key under a password, get it back,
+or erase the deposit.
 
 The password comes from an interactive prompt or, with ``--password-stdin``,
 from one line on standard input; never from the command line, where other
@@ -19,6 +20,7 @@ from bkv_protocol.sealing import MAX_ACCOUNT_BYTES
 from client_sdk.cli.common import CliError
 from client_sdk.config import ClientConfig, default_client_config_path
 from client_sdk.errors import (
+    AlreadyRegistered,
     ConfigError,
     KeyDestroyed,
     NotRegistered,
@@ -52,11 +54,17 @@ def register(sub: Any) -> None:
     reg = commands.add_parser(
         "register",
         allow_abbrev=False,
-        help="deposit a backup key under a password (replaces an earlier deposit)",
+        help="deposit a backup key under a password",
         description="Deposit the key from --key-file in the vault, protected by a password. "
-        "The vault destroys the key after too many wrong passwords.",
+        "The vault destroys the key after too many wrong passwords. An account that already "
+        "has a deposit keeps it unless you confirm (on a terminal) or pass --replace.",
     )
     reg.add_argument("--key-file", required=True, type=Path, help="the backup key file to deposit")
+    reg.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an existing deposit of the account (its old password stops working)",
+    )
     _common_options(reg)
     reg.set_defaults(handler=run_register)
 
@@ -72,6 +80,18 @@ def register(sub: Any) -> None:
     )
     _common_options(rec)
     rec.set_defaults(handler=run_recover)
+
+    rm = commands.add_parser(
+        "delete",
+        allow_abbrev=False,
+        help="erase the deposit of an account (the password authorises it)",
+        description="Erase the account's deposit from the vault. The password is checked "
+        "first (a wrong one uses an attempt, as in recover); the deletion is then committed "
+        "on a majority of vault nodes, audited, and compacted off their disks. The backup "
+        "key is not returned: keep it written down, or your backups become unreadable.",
+    )
+    _common_options(rm)
+    rm.set_defaults(handler=run_delete)
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -118,9 +138,38 @@ def run_register(args: argparse.Namespace) -> int:
     key = _read_key(args.key_file)
     with _client(_load_config(args.config)) as client:
         password = _read_password(args.password_stdin, confirm=True)
-        _vault_call(lambda: client.register(account, key.raw, password))
+        try:
+            _vault_call(lambda: client.register(account, key.raw, password, replace=args.replace))
+        except _Exists:
+            if args.password_stdin or not sys.stdin.isatty():
+                raise CliError(
+                    f"account {account!r} already has a deposit in the vault; pass --replace "
+                    "to replace it (its old password stops working)",
+                    EXIT_BAD_INPUT,
+                ) from None
+            if not _confirm(f"account {account!r} already has a deposit; replacing it makes "
+                            "its old password useless. Replace it? [y/N] "):
+                raise CliError("kept the existing deposit", EXIT_BAD_INPUT) from None
+            _vault_call(lambda: client.register(account, key.raw, password, replace=True))
     print(f"deposited the backup key of account {account!r} in the vault")
     return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    """Erase the deposit after a successful password check."""
+    account = _account(args.account)
+    with _client(_load_config(args.config)) as client:
+        password = _read_password(args.password_stdin, confirm=False)
+        _vault_call(lambda: client.delete(account, password))
+    print(f"deleted the vault deposit of account {account!r}")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def run_recover(args: argparse.Namespace) -> int:
@@ -150,10 +199,16 @@ def _client(config: ClientConfig) -> VaultClient:
         raise CliError(str(err), EXIT_GENERIC) from None
 
 
+class _Exists(Exception):
+    """Internal: the vault refused to replace a live deposit without consent."""
+
+
 def _vault_call(call: Callable[[], T]) -> T:
     """Run one vault operation, turning every VaultError into a one-line CliError."""
     try:
         return call()
+    except AlreadyRegistered:
+        raise _Exists() from None
     except (WrongPassword, KeyDestroyed, NotRegistered) as err:
         raise CliError(str(err), EXIT_BAD_INPUT) from None
     except VaultUnavailable as err:

@@ -262,7 +262,7 @@ class Workload:
             deposit = seal_deposit(export_key, a.name, self._key(a.name, gen))
             self._call(a.name, REGISTER_FINISH, pb.RegisterFinish(
                 registration_record=record, key_deposit=deposit, ksf=self.ksf.descriptor,
-                registration_ticket=start.registration_ticket))
+                registration_ticket=start.registration_ticket, replace=True))
         except _Lost as lost:
             return self._settle(op, "register", lost.kind, None, a, resets=True)
         except (VaultError, ProtocolError):

@@ -24,7 +24,13 @@ from bkv_api.v1 import services_pb2_grpc
 from bkv_protocol.ksf import IDENTITY_KSF
 from bkv_protocol.sharding import shard_for
 from client_sdk.config import ClientConfig
-from client_sdk.errors import KeyDestroyed, NotRegistered, VaultError, WrongPassword
+from client_sdk.errors import (
+    AlreadyRegistered,
+    KeyDestroyed,
+    NotRegistered,
+    VaultError,
+    WrongPassword,
+)
 from client_sdk.launcher import LocalCluster, node_status
 from client_sdk.vault_client import VaultClient
 from client_sdk.vault_replies import seal_client_request
@@ -77,14 +83,74 @@ def test_unknown_account_is_not_registered(client: VaultClient) -> None:
         client.recover(_account(), "anything")
 
 
-def test_re_register_replaces(client: VaultClient) -> None:
+def test_re_register_replaces_only_when_asked(client: VaultClient) -> None:
     account = _account()
     old, new = secrets.token_bytes(32), secrets.token_bytes(32)
     client.register(account, old, "first password")
-    client.register(account, new, "second password")
+    with pytest.raises(AlreadyRegistered):
+        client.register(account, new, "second password")
+    assert client.recover(account, "first password") == old  # untouched, no attempt lost
+    client.register(account, new, "second password", replace=True)
     assert client.recover(account, "second password") == new
     with pytest.raises(WrongPassword):
         client.recover(account, "first password")
+
+
+def test_delete_needs_the_password_and_erases_the_deposit(
+    client: VaultClient, cluster: LocalCluster
+) -> None:
+    account, key = _account(), secrets.token_bytes(32)
+    client.register(account, key, "right password")
+    with pytest.raises(WrongPassword) as err:
+        client.delete(account, "wrong password")
+    assert err.value.attempts_left == LIMIT - 1
+    assert client.recover(account, "right password") == key  # still there
+    client.delete(account, "right password")
+    with pytest.raises(NotRegistered):
+        client.recover(account, "right password")
+    with pytest.raises(NotRegistered):
+        client.delete(account, "right password")
+    # audited on every node, as one "delete" line with outcome ok
+    from vault_node.audit import read_audit
+
+    for node in cluster.nodes():
+        audit = cluster.state_dir / "nodes" / node / "audit.jsonl"
+        events = [(line["event"], line["outcome"]) for line in read_audit(audit)]
+        assert ("delete", "ok") in events, node
+    # a deleted account can register again, without --replace
+    client.register(account, key, "new password")
+    assert client.recover(account, "new password") == key
+
+
+def test_cli_register_twice_needs_replace_and_delete_works(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    bkv = str(Path(sys.executable).parent / "bkv")
+    key_file = tmp_path / "k.key"
+    subprocess.run([bkv, "key", "new", "--out", str(key_file)], check=True, timeout=60,
+                   capture_output=True)
+    account = _account()
+    config = ["--config", str(cluster.client_config_path), "--account", account]
+
+    def vault(*argv: str, password: str = "a good password") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([bkv, "vault", *argv, *config, "--password-stdin"],
+                              input=password + "\n", capture_output=True, text=True, timeout=120)
+
+    assert vault("register", "--key-file", str(key_file)).returncode == 0
+    again = vault("register", "--key-file", str(key_file), password="another password")
+    assert again.returncode != 0 and "--replace" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr
+    replaced = vault("register", "--key-file", str(key_file), "--replace",
+                     password="another password")
+    assert replaced.returncode == 0, replaced.stderr
+    wrong = vault("delete", password="a good password")  # the old password
+    assert wrong.returncode != 0 and "attempts left" in wrong.stderr, wrong.stderr
+    gone = vault("delete", password="another password")
+    assert gone.returncode == 0 and "deleted" in gone.stdout, gone.stderr
+    out = tmp_path / "found.key"
+    missing = vault("recover", "--out-key-file", str(out), password="another password")
+    assert missing.returncode != 0 and "no key is deposited" in missing.stderr
+    assert not out.exists()
 
 
 def test_wrong_password_reports_attempts_left(client: VaultClient) -> None:

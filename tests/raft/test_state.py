@@ -95,12 +95,13 @@ def test_invalid_commands(command: object) -> None:
 
 def test_encoding_round_trip_and_garbage() -> None:
     for c in (st.Put(A, R1, b"sealed", 7), st.BeginAttempt(A), st.BeginAttempt(A, T1),
-              st.ResetAttempts(A, R1), st.DestroyIfExhausted(A, R2), st.Delete(B)):
+              st.ResetAttempts(A, R1), st.DestroyIfExhausted(A, R2), st.Delete(B),
+              st.Delete(B, R1)):
         assert le.decode_command(le.encode_command(c)) == c
         command, time_ms = le.decode_entry(le.encode_entry(c, 1234))
         assert (command, time_ms) == (c, 1234)
     for junk in (b"", b"\x09" + A, b"\x02" + A + b"x", b"\x01" + A + R1 + b"\x00\x00x",
-                 b"\x02" + A + T1 + b"x", b"\x02" + A + T1[:15], b"\x05" + A + T1):
+                 b"\x02" + A + T1 + b"x", b"\x02" + A + T1[:15], b"\x05" + A + T1[:15]):
         with pytest.raises(ValueError):
             le.decode_command(junk)
 
@@ -199,6 +200,7 @@ _commands = hs.one_of(
     hs.builds(st.ResetAttempts, _accounts, _records),
     hs.builds(st.DestroyIfExhausted, _accounts, _records),
     hs.builds(st.Delete, _accounts),
+    hs.builds(st.Delete, _accounts, _records),
 )
 
 
@@ -325,3 +327,19 @@ def test_exhausted_index_matches_the_entries(commands: list[st.Command]) -> None
         assert dict(state.exhausted()) == expected
     restored = st.VaultState.from_plain(state.to_plain())
     assert dict(restored.exhausted()) == dict(state.exhausted())
+
+
+def test_a_delete_bound_to_a_record_spares_its_replacement() -> None:
+    state = st.VaultState()
+    state.apply(st.Put(A, R1, b"first", 3))
+    state.apply(st.Put(A, R2, b"second", 3))  # replaced between the login and its deletion
+    assert state.apply(st.Delete(A, R1)).outcome == st.Outcome.STALE
+    assert state.entry(A) is not None
+    assert state.apply(st.Delete(A, R2)).outcome == st.Outcome.OK
+    assert state.entry(A) is None
+    assert state.apply(st.Delete(A, R2)).outcome == st.Outcome.STALE  # nothing left to delete
+    state.apply(st.Put(A, R1, b"x", 1))
+    state.apply(st.BeginAttempt(A))
+    state.apply(st.BeginAttempt(A))  # destroyed: a tombstone is not the record a login saw
+    assert state.apply(st.Delete(A, R1)).outcome == st.Outcome.STALE
+    assert state.apply(st.Delete(A)).outcome == st.Outcome.OK  # the unbound form still works

@@ -235,3 +235,35 @@ def test_a_replaced_deposit_leaves_no_copy_on_any_disk(tmp_path: Path) -> None:
             client.close()
     finally:
         cluster.stop()
+
+
+def test_a_deleted_deposit_leaves_no_copy_on_any_disk(tmp_path: Path) -> None:
+    """LOGIN_FINISH with delete_deposit: nothing released, the record erased everywhere."""
+    from bkv_protocol import opaque
+    from bkv_protocol.ksf import IDENTITY_KSF
+
+    configs = write_node_configs(tmp_path, 3)
+    cluster = Cluster(tmp_path, init_fleet(tmp_path), configs)
+    cluster.start()
+    try:
+        client = VaultTestClient(cluster.wait_for_leader(), cluster.fleet_public_key)
+        account = f"deleted-{secrets.token_hex(5)}"
+        try:
+            client.register(account, PASSWORD, secrets.token_bytes(32))
+            dirs = [_data_dir(c) for c in configs]
+            (sealed,) = _sealed_records(dirs[0])
+            login = client.login_start(account, PASSWORD)
+            ke3, _, _ = opaque.client_finish_login(
+                login.state, login.reply.ke2, ksf=IDENTITY_KSF, context=opaque.PRODUCT_CONTEXT,
+                client_identity=account.encode())
+            reply = client.call(account, pb.LOGIN_FINISH, login_finish=pb.LoginFinish(
+                session_id=login.reply.session_id, ke3=ke3, delete_deposit=True))
+            assert reply.login_finish.deleted and not reply.login_finish.sealed_deposit
+            _wait_erased(dirs, sealed)
+            with pytest.raises(VaultCallError) as err:
+                client.login_start(account, PASSWORD)
+            assert err.value.code == pb.VaultError.NOT_REGISTERED
+        finally:
+            client.close()
+    finally:
+        cluster.stop()

@@ -287,7 +287,10 @@ class VaultTestClient:
             raise VaultCallError(reply.error)
         return reply
 
-    def register(self, account: str, password: bytes, backup_key: bytes) -> int:
+    def register(
+        self, account: str, password: bytes, backup_key: bytes, *, replace: bool = True
+    ) -> int:
+        """REGISTER_START + REGISTER_FINISH; ``replace`` as the raw protocol field."""
         state, request = opaque.client_start_registration(password)
         r1 = self.call(
             account,
@@ -308,6 +311,7 @@ class VaultTestClient:
                 key_deposit=deposit.seal_deposit(export_key, account, backup_key),
                 ksf=IDENTITY_KSF.descriptor,
                 registration_ticket=r1.register_start.registration_ticket,
+                replace=replace,
             ),
         )
         return r2.register_finish.attempt_limit

@@ -58,6 +58,9 @@ class ScriptedReplica:
     def exhausted_records(self) -> list[tuple[bytes, bytes]]:
         return self.state.exhausted()
 
+    def entry_view(self, account_id: bytes) -> st.AccountEntry | None:
+        return self.state.entry(account_id)
+
     def leader_address(self) -> str | None:
         return None
 
