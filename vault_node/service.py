@@ -116,6 +116,9 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         # exhausted-record sweep must not destroy a last attempt still being answered
         self._starting: dict[bytes, int] = {}
         self._starting_lock = threading.Lock()
+        # the term this node last swept in, and when it first swept in it
+        self._sweep_term = -1
+        self._sweep_term_since = 0.0
 
     # ---- gRPC entry points -------------------------------------------------
 
@@ -367,9 +370,16 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
 
         Such a record can never be released any more: its last attempt failed, lapsed,
         or was answered by a leader that is gone (sessions are not replicated). A new
-        leader therefore destroys them at its first sweep, without waiting for another
-        request. Returns the number of destructions committed.
+        leader destroys them without waiting for another request -- once a session
+        lifetime has passed since it started leading, so that a last attempt opened on
+        its predecessor, whose session could not outlive that, can still be re-delivered
+        (the same KE1 is free) and finished here. Returns the destructions committed.
         """
+        term, now = self._replica.term(), self._sessions.now()
+        if term != self._sweep_term:
+            self._sweep_term, self._sweep_term_since = term, now
+        if now - self._sweep_term_since < self._sessions.ttl:
+            return 0
         # Order matters: a login that counted the last guess before the first read is
         # either still starting at the second read or has its session at the third.
         exhausted = self._replica.exhausted_records()

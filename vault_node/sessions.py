@@ -62,6 +62,14 @@ class SessionTable:
     def deadline(self) -> float:
         return self._clock() + self._ttl
 
+    def now(self) -> float:
+        """The table's clock (monotonic seconds; a test's fake clock in unit tests)."""
+        return self._clock()
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
     def has_room(self) -> bool:
         """Checked *before* a guess is counted, so a full table never costs an attempt."""
         with self._lock:

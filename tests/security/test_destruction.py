@@ -38,6 +38,7 @@ pytestmark = pytest.mark.cluster
 PASSWORD = b"the right one"
 WRONG = b"a wrong guess"
 ERASE_DEADLINE = 60.0  # the promise in SECURITY.md
+SESSION_TTL = 4.0  # a new leader sweeps records exhausted before it after one lifetime
 
 
 def _sealed_records(data_dir: Path) -> list[bytes]:
@@ -93,7 +94,7 @@ def _data_dir(cfg: dict[str, object]) -> Path:
 
 def test_a_new_leader_destroys_a_last_attempt_its_predecessor_held(tmp_path: Path) -> None:
     """The leader holding the last attempt dies; its successor destroys the record unasked."""
-    configs = write_node_configs(tmp_path, 3, session_ttl_seconds=600.0)
+    configs = write_node_configs(tmp_path, 3, session_ttl_seconds=SESSION_TTL)
     cluster = Cluster(tmp_path, init_fleet(tmp_path), configs)
     cluster.start()
     try:
@@ -111,8 +112,9 @@ def test_a_new_leader_destroys_a_last_attempt_its_predecessor_held(tmp_path: Pat
         assert before is not None
         cluster.kill(leader)
         new_leader = cluster.wait_for_leader()
-        # No request is sent: the new leader's sweep alone destroys the record.
-        deadline = time.monotonic() + 20
+        # No request is sent: the new leader's sweep alone destroys the record, one
+        # session lifetime after it took over.
+        deadline = time.monotonic() + SESSION_TTL + 20
         while time.monotonic() < deadline:
             now = cluster.status(new_leader)
             if now is not None and now.state_digest != before.state_digest:

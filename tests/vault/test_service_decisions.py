@@ -93,13 +93,29 @@ class Context:
         return grpc.StatusCode.UNKNOWN
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+TTL = 30.0
+
+
 @pytest.fixture()
-def vault() -> tuple[VaultService, ScriptedReplica, FleetHsm]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture()
+def vault(clock: Clock) -> tuple[VaultService, ScriptedReplica, FleetHsm]:
     master = SoftwareMasterKey(secrets.token_bytes(32))
     hsm = FleetHsm.open_fleet(master, init_fleet(master))
     cfg = NodeConfig.from_mapping(_raw(attempt_limit=LIMIT, allow_identity_ksf=True))
     replica = ScriptedReplica()
-    sessions = SessionTable(max_sessions=100, ttl_seconds=600.0)
+    sessions = SessionTable(max_sessions=100, ttl_seconds=TTL, clock=clock)
     return VaultService(cfg, hsm, replica, sessions), replica, hsm
 
 
@@ -164,9 +180,11 @@ def test_no_ke2_when_the_lease_ran_out(vault: tuple[VaultService, ScriptedReplic
 
 
 def test_exhausted_records_are_destroyed_unless_a_last_attempt_is_open(
-    vault: tuple[VaultService, ScriptedReplica, FleetHsm]
+    vault: tuple[VaultService, ScriptedReplica, FleetHsm], clock: Clock
 ) -> None:
     service, replica, hsm = vault
+    assert service.sweep_exhausted() == 0  # first sweep of this term: the clock starts
+    clock.now += TTL
     for account in ("held", "lapsed"):
         _register(service, hsm, account)
         for _ in range(LIMIT):
@@ -181,17 +199,26 @@ def test_exhausted_records_are_destroyed_unless_a_last_attempt_is_open(
     lapsed_entry, held_entry = replica.state.entry(lapsed), replica.state.entry(held)
     assert lapsed_entry is not None and lapsed_entry.destroyed
     assert held_entry is not None and not held_entry.destroyed
-    # a new leader has no sessions at all: it destroys the other one too
+    # a new leader has no sessions at all: it destroys the other one too, but only
+    # once a session lifetime has passed since its term began (a re-delivered KE1 of
+    # the last attempt may still arrive and finish on it)
     service._sessions.drain()
+    replica.current_term += 1
+    assert service.sweep_exhausted() == 0
+    clock.now += TTL - 1
+    assert service.sweep_exhausted() == 0
+    clock.now += 1
     assert service.sweep_exhausted() == 1
     assert replica.exhausted_records() == []
 
 
 def test_a_last_attempt_being_answered_is_not_swept(
-    vault: tuple[VaultService, ScriptedReplica, FleetHsm]
+    vault: tuple[VaultService, ScriptedReplica, FleetHsm], clock: Clock
 ) -> None:
     """The sweep runs between the commit of the last guess and its session: it must wait."""
     service, replica, hsm = vault
+    service.sweep_exhausted()
+    clock.now += TTL
     _register(service, hsm, "carol")
     for _ in range(LIMIT - 1):
         _login_start(service, hsm, "carol")
