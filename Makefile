@@ -30,8 +30,8 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not chaos"
 
 lint: $(STAMP)
-	$(BIN)/ruff check bkv_protocol bkv_ops vault_node chatd_proxy client_sdk tests scripts
-	$(BIN)/mypy bkv_protocol bkv_ops vault_node chatd_proxy client_sdk
+	$(BIN)/ruff check bkv_protocol bkv_ops vault_node chatd_proxy client_sdk bkv_tools tests scripts
+	$(BIN)/mypy bkv_protocol bkv_ops vault_node chatd_proxy client_sdk bkv_tools
 
 # Coverage-guided fuzzing (atheris) of every untrusted-input parser, one process per
 # target; `make test` runs all targets together for a few seconds. Findings: crash-*
@@ -64,9 +64,9 @@ deploy-image: $(STAMP)
 
 deploy-up: $(STAMP)
 	docker image inspect bkv:local >/dev/null 2>&1 || $(MAKE) deploy-image
-	$(BIN)/python -m client_sdk.compose_layout prepare --state-dir $(DEPLOY_STATE)
+	$(BIN)/python -m bkv_tools.compose_layout prepare --state-dir $(DEPLOY_STATE)
 	$(COMPOSE) up -d --no-build
-	$(BIN)/python -m client_sdk.compose_layout status --state-dir $(DEPLOY_STATE) --wait 120
+	$(BIN)/python -m bkv_tools.compose_layout status --state-dir $(DEPLOY_STATE) --wait 120
 	@echo "bkv vault ... --config $(DEPLOY_STATE)/client.toml"
 
 # Stops and removes the containers; node volumes (the vault's data) are kept.

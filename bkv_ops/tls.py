@@ -24,9 +24,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 ROLE_VAULT_NODE = "vault-node"
 ROLE_CHATD = "chatd"
@@ -139,13 +142,28 @@ def bundle_client(folder: Path, server_name: str | None) -> ClientTls:
     return ClientTls(folder / CA_FILE, folder / CERT_FILE, folder / KEY_FILE, server_name)
 
 
+def cert_identity(cert: x509.Certificate) -> tuple[str, str] | None:
+    """(role, name) from the ``bkv://`` URI SAN, or None if the certificate has none."""
+    from cryptography import x509  # imported here: probes that never serve don't pay for it
+
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        prefix = f"{URI_SCHEME}://"
+        if uri.startswith(prefix):
+            role, sep, name = uri[len(prefix):].partition("/")
+            if sep and role in ROLES and name:
+                return role, name
+    return None
+
+
 @functools.lru_cache(maxsize=256)
 def _peer_role(pem: bytes) -> tuple[str, bool] | None:
     """(role, may act as a client) of a verified peer certificate (cached per certificate)."""
     from cryptography import x509  # imported here: probes that never serve don't pay for it
     from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    from bkv_ops.tls_certs import cert_identity
 
     try:
         cert = x509.load_pem_x509_certificate(pem)

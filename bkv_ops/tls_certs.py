@@ -158,21 +158,6 @@ def issue(
     return key, cert
 
 
-def cert_identity(cert: x509.Certificate) -> tuple[str, str] | None:
-    """(role, name) from the ``bkv://`` URI SAN, or None if the certificate has none."""
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
-        prefix = f"{URI_SCHEME}://"
-        if uri.startswith(prefix):
-            role, sep, name = uri[len(prefix):].partition("/")
-            if sep and role in ROLES and name:
-                return role, name
-    return None
-
-
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,

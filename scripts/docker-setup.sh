@@ -120,7 +120,7 @@ step_wheelhouse() {
     src="$(mktemp -d /tmp/bkv-src.XXXXXX)"
     trap "rm -rf '$src'" EXIT
     (cd "$ROOT" && cp -R pyproject.toml setup.py README.md protos bkv_protocol bkv_ops vault_node \
-        chatd_proxy client_sdk "$src/")
+        chatd_proxy client_sdk bkv_tools "$src/")
     mkdir -p "$src/scripts" "$out"
     cp "$ROOT/scripts/gen_protos.py" "$src/scripts/"
     find "$src" -name __pycache__ -prune -exec rm -rf {} +

@@ -1,6 +1,6 @@
 """`bkv-vault-node`: create a fleet (`init-fleet`) and run a vault node (`run`).
 
-Admin commands (`member`, `snapshot`) live in ``vault_node.admin_cli``.
+Admin commands (`member`, `snapshot`) live in ``vault_node.admin.cli``.
 
 Exit codes: 0 ok, 1 unexpected failure, 2 bad configuration or keys, 3 the cluster
 refused an admin request or did not answer in time, 4 cannot listen.
@@ -19,9 +19,8 @@ from pathlib import Path
 from types import FrameType
 
 from bkv_ops.logs import LOG_FORMATS, configure_logging, pick_format
-from vault_node.audit import print_audit
 from vault_node.config import ConfigError, NodeConfig
-from vault_node.hsm import (
+from vault_node.hsm.fleet import (
     FleetHsm,
     HsmError,
     MasterKeyBackend,
@@ -29,7 +28,8 @@ from vault_node.hsm import (
     create_master_key_file,
     init_fleet,
 )
-from vault_node.hsm_pkcs11 import Pkcs11MasterKey, create_token_key
+from vault_node.hsm.pkcs11 import Pkcs11MasterKey, create_token_key
+from vault_node.raft.audit import print_audit
 
 
 def _master_for_init(args: argparse.Namespace) -> tuple[MasterKeyBackend, Path, str | None]:
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="json lines or text (default: the config's log_format, else text "
                           "on a terminal and json otherwise)")
     run.set_defaults(handler=_run)
-    from vault_node.admin_cli import add_commands  # late, like the node's modules in _serve
+    from vault_node.admin.cli import add_commands  # late, like the node's modules in _serve
 
     add_commands(sub)  # `member list|add|remove`, `snapshot take|restore`
     audit = sub.add_parser("audit", help="print this node's audit trail (checks its order)")

@@ -17,14 +17,14 @@ from grpc_health.v1 import health_pb2_grpc
 from bkv_api.v1 import services_pb2_grpc
 from bkv_ops.tls import ROLE_CHATD, ROLE_OPS, RoleGuard, ServerTls, TlsError
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
-from vault_node.health import can_answer, vault_health
-from vault_node.hsm import FleetHsm, HsmError
-from vault_node.hsm_pkcs11 import load_master_key
-from vault_node.membership import bootstrap_members
-from vault_node.metrics import VaultMetrics
-from vault_node.replication import RaftConfig, RaftStartupError, ReplicatedVault
-from vault_node.service import VaultService
-from vault_node.sessions import SessionTable
+from vault_node.hsm.fleet import FleetHsm, HsmError
+from vault_node.hsm.pkcs11 import load_master_key
+from vault_node.raft.membership import bootstrap_members
+from vault_node.raft.replication import RaftConfig, RaftStartupError, ReplicatedVault
+from vault_node.service.health import can_answer, vault_health
+from vault_node.service.metrics import VaultMetrics
+from vault_node.service.sessions import SessionTable
+from vault_node.service.vault import VaultService
 
 log = logging.getLogger("bkv.vault.server")
 

@@ -2,7 +2,7 @@
 
 Every node applies the same committed commands in the same order and must reach
 the same state, so nothing here reads clocks, randomness or the environment.
-The Raft layer (``vault_node.replication``) only moves encoded commands around;
+The Raft layer (``vault_node.raft.replication``) only moves encoded commands around;
 all policy -- attempt counting and destruction -- lives here, where it can be
 tested exhaustively without sockets.
 

@@ -29,7 +29,7 @@ TAG_SIZE = 16
 ENCRYPTED_CHUNK_SIZE = CHUNK_SIZE + TAG_SIZE
 NONCE_SIZE = 16
 # 1 MiB batches: on 2 cores this beat 256-512 KiB (more thread hand-offs) and
-# 4 MiB (worse cache reuse) when measured with client_sdk.bench_files.
+# 4 MiB (worse cache reuse) when measured with bkv_tools.bench_files.
 BATCH_CHUNKS = 16
 _MAX_CHUNKS = 1 << 88
 _FLAG = (b"\x00", b"\x01")

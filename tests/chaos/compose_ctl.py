@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bkv_api.v1 import services_pb2
-from client_sdk import compose_layout
+from bkv_tools import compose_layout
 from client_sdk.config import ClientConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ import grpc
 import pytest
 
 from bkv_api.v1 import services_pb2
+from bkv_tools.launcher import LocalCluster
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
 from client_sdk.vault_transport import ChatDTransport
 
 from .checks import CheckReport, run_checks

@@ -9,10 +9,10 @@ import grpc
 import pytest
 
 from bkv_protocol import tokens
+from bkv_tools import compose_layout
 from chatd_proxy.config import ChatDConfig
 from chatd_proxy.health import NOT_SERVING, SERVING
 from chatd_proxy.server import ChatDServer
-from client_sdk import compose_layout
 from tests.vault.conftest import Cluster, health_check, started_cluster, wait_health
 
 SERVICES = ("", "bkv.v1.ChatD")

@@ -14,8 +14,8 @@ import tomli_w
 
 from bkv_api.v1 import envelope_pb2, services_pb2_grpc
 from bkv_protocol import tokens
+from bkv_tools.launcher_layout import free_ports
 from chatd_proxy.config import ChatDConfig, ConfigError
-from client_sdk.launcher_layout import free_ports
 from tests.vault.conftest import (
     Cluster,
     VaultCallError,

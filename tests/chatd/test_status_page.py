@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from bkv_protocol.ksf import IDENTITY_KSF
+from bkv_tools.launcher import LocalCluster
 from chatd_proxy.status_page import RateWindow
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
 from client_sdk.vault_client import VaultClient
 from tests.cluster.conftest import running_cluster, wait_until
 

@@ -19,8 +19,8 @@ from bkv_api.v1 import envelope_pb2 as pb
 from bkv_protocol import opaque
 from bkv_protocol.ksf import IDENTITY_KSF
 from bkv_protocol.sharding import shard_for
+from bkv_tools.launcher import LocalCluster
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
 from client_sdk.vault_client import VaultClient
 from client_sdk.vault_replies import open_vault_reply, seal_client_request
 from client_sdk.vault_transport import ChatDTransport, TokenSource

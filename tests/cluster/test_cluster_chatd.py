@@ -13,10 +13,10 @@ import pytest
 from bkv_api.v1 import services_pb2, services_pb2_grpc
 from bkv_protocol import tokens
 from bkv_protocol.ksf import IDENTITY_KSF
+from bkv_tools.launcher import LocalCluster
 from chatd_proxy.config import ChatDConfig
 from chatd_proxy.server import ChatDServer
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
 from client_sdk.vault_client import VaultClient
 
 pytestmark = pytest.mark.cluster

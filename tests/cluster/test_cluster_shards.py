@@ -10,8 +10,8 @@ import pytest
 
 from bkv_protocol.ksf import IDENTITY_KSF
 from bkv_protocol.sharding import shard_for
+from bkv_tools.launcher import LocalCluster
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
 from client_sdk.vault_client import VaultClient
 
 from .conftest import converged, start_cluster, wait_until

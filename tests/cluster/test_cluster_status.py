@@ -21,10 +21,10 @@ from bkv_ops.cluster_status import (
     shards_without_leader,
     status_document,
 )
-from client_sdk import compose_layout
+from bkv_tools import compose_layout
+from bkv_tools.launcher import LocalCluster
+from bkv_tools.launcher_layout import LauncherError, add_ops_ports, new_layout
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
-from client_sdk.launcher_layout import LauncherError, add_ops_ports, new_layout
 
 from .conftest import wait_until
 

@@ -23,6 +23,7 @@ from bkv_api.v1 import envelope_pb2 as pb
 from bkv_api.v1 import services_pb2_grpc
 from bkv_protocol.ksf import IDENTITY_KSF
 from bkv_protocol.sharding import shard_for
+from bkv_tools.launcher import LocalCluster, node_status
 from client_sdk.config import ClientConfig
 from client_sdk.errors import (
     AlreadyRegistered,
@@ -31,7 +32,6 @@ from client_sdk.errors import (
     VaultError,
     WrongPassword,
 )
-from client_sdk.launcher import LocalCluster, node_status
 from client_sdk.vault_client import VaultClient
 from client_sdk.vault_replies import seal_client_request
 
@@ -111,12 +111,15 @@ def test_delete_needs_the_password_and_erases_the_deposit(
     with pytest.raises(NotRegistered):
         client.delete(account, "right password")
     # audited on every node, as one "delete" line with outcome ok
-    from vault_node.audit import read_audit
+    from vault_node.raft.audit import read_audit
 
-    for node in cluster.nodes():
-        audit = cluster.state_dir / "nodes" / node / "audit.jsonl"
-        events = [(line["event"], line["outcome"]) for line in read_audit(audit)]
-        assert ("delete", "ok") in events, node
+    def audited_everywhere() -> bool:  # followers apply the entry a moment later
+        return all(
+            ("delete", "ok") in [(line["event"], line["outcome"]) for line in read_audit(
+                cluster.state_dir / "nodes" / node / "audit.jsonl")]
+            for node in cluster.nodes())
+
+    wait_until(audited_everywhere, 20, "the delete line in every node's audit trail")
     # a deleted account can register again, without --replace
     client.register(account, key, "new password")
     assert client.recover(account, "new password") == key

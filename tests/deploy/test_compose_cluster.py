@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from client_sdk import compose_layout
+from bkv_tools import compose_layout
 from client_sdk.config import ClientConfig
 from client_sdk.keys import read_key_file
 

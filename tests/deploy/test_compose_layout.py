@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from bkv_tools import compose_layout
+from bkv_tools.launcher_layout import free_ports
 from chatd_proxy.config import ChatDConfig
-from client_sdk import compose_layout
 from client_sdk.config import ClientConfig
-from client_sdk.launcher_layout import free_ports
 from vault_node.config import NodeConfig
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "deploy" / "docker-compose.yml"

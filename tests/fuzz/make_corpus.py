@@ -23,10 +23,10 @@ from bkv_protocol.ksf import IDENTITY_KSF
 from client_sdk import age
 from client_sdk.age import stream as age_stream
 from tests.fuzz import targets as t
-from vault_node import log_entries as le
 from vault_node import state as st
-from vault_node.journal import DurableJournal, write_snapshot
-from vault_node.transport_cipher import TransportCipher
+from vault_node.raft import log_entries as le
+from vault_node.raft.journal import DurableJournal, write_snapshot
+from vault_node.raft.transport_cipher import TransportCipher
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 

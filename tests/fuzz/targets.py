@@ -28,10 +28,10 @@ from client_sdk.age import stream as age_stream
 from client_sdk.backup.archive import extract
 from client_sdk.backup.errors import BackupError
 from client_sdk.keys import BackupKey
-from vault_node import log_entries as le
 from vault_node import state as st
-from vault_node.journal import DurableJournal, read_snapshot
-from vault_node.transport_cipher import TransportCipher
+from vault_node.raft import log_entries as le
+from vault_node.raft.journal import DurableJournal, read_snapshot
+from vault_node.raft.transport_cipher import TransportCipher
 
 
 def fixed(label: str) -> bytes:
@@ -100,7 +100,7 @@ def _state_command(data: bytes) -> None:
 
 
 _WORKDIR = Path(tempfile.mkdtemp(prefix="bkv-fuzz-"))
-logging.getLogger("vault_node.journal").setLevel(logging.ERROR)  # torn tails are the norm here
+logging.getLogger("vault_node.raft.journal").setLevel(logging.ERROR)  # torn tails are the norm here
 
 
 def _journal(data: bytes) -> None:

@@ -337,7 +337,7 @@ def test_password_must_be_bytes() -> None:
 
 
 def test_bench_prints_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    from bkv_protocol import bench
+    from bkv_tools import bench_opaque as bench
 
     assert bench.main(["--runs", "3", "--client-runs", "1"]) == 0
     out = capsys.readouterr().out

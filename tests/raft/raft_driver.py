@@ -2,7 +2,7 @@
 
 import sys
 
-from vault_node.raft_harness import main
+from vault_node.raft.harness import main
 
 if __name__ == "__main__":
     sys.exit(main())

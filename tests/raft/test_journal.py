@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vault_node.journal import DurableJournal, base_entry, read_snapshot, write_snapshot
-from vault_node.raft_core import filter_append_entries
+from vault_node.raft.core import filter_append_entries
+from vault_node.raft.journal import DurableJournal, base_entry, read_snapshot, write_snapshot
 
 
 def _journal(tmp_path: Path, entries: list[tuple[bytes, int, int]]) -> DurableJournal:
@@ -120,12 +120,12 @@ def test_filter_skips_held_entries(tmp_path: Path) -> None:
 def test_truncation_monitor_counts_pysyncobj_message() -> None:
     import logging
 
-    from vault_node.replication import truncation_warnings
+    from vault_node.raft.replication import truncation_warnings
 
     before = truncation_warnings()
     logging.getLogger("pysyncobj.syncobj").critical(
         "truncating already-applied log entries from index %d (last applied: %d)", 5, 9)
     assert truncation_warnings() == before + 1
-    from vault_node.raft_core import TRUNCATION_MONITOR
+    from vault_node.raft.core import TRUNCATION_MONITOR
 
     TRUNCATION_MONITOR.count = before  # leave the process-wide counter as found

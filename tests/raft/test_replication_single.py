@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vault_node import state as st
-from vault_node.replication import (
+from vault_node.raft.replication import (
     SNAPSHOT_FILE,
     NotLeaderError,
     RaftConfig,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from vault_node import log_entries as le
 from vault_node import state as st
+from vault_node.raft import log_entries as le
 
 A = b"a" * 32
 B = b"b" * 32

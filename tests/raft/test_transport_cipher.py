@@ -7,7 +7,7 @@ import os
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from vault_node.transport_cipher import TransportCipher
+from vault_node.raft.transport_cipher import TransportCipher
 
 SECRET = os.urandom(32)
 

@@ -24,10 +24,10 @@ from bkv_api.v1 import services_pb2_grpc
 from client_sdk.config import ClientConfig
 from client_sdk.vault_transport import map_status
 from vault_node.config import NodeConfig
-from vault_node.hsm import FleetHsm, SoftwareMasterKey, init_fleet
-from vault_node.replication import RaftConfig, ReplicatedVault
-from vault_node.service import VaultService
-from vault_node.sessions import SessionTable
+from vault_node.hsm.fleet import FleetHsm, SoftwareMasterKey, init_fleet
+from vault_node.raft.replication import RaftConfig, ReplicatedVault
+from vault_node.service.sessions import SessionTable
+from vault_node.service.vault import VaultService
 
 ATTEMPT_LIMIT = 10
 

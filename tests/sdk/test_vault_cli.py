@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from client_sdk.cli import main
+from bkv_tools.cli import main
 from client_sdk.config import ClientConfig
 from client_sdk.keys import BackupKey, write_key_file
 

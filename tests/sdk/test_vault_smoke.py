@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from bkv_protocol.ksf import IDENTITY_KSF
+from bkv_tools.launcher import LocalCluster
 from client_sdk.config import ClientConfig
 from client_sdk.errors import AccountRejected, NotRegistered
 from client_sdk.keys import BackupKey, read_key_file, write_key_file
-from client_sdk.launcher import LocalCluster
 from client_sdk.vault_client import VaultClient
 
 pytestmark = pytest.mark.cluster

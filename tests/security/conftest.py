@@ -18,8 +18,8 @@ import grpc
 import pytest
 
 from bkv_api.v1 import services_pb2, services_pb2_grpc
+from bkv_tools.launcher import LocalCluster
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
 from tests.vault.conftest import VaultTestClient
 
 ATTEMPT_LIMIT = 3

@@ -32,9 +32,9 @@ from tests.vault.conftest import (
     clean_env,
     started_cluster,
 )
-from vault_node import log_entries as le
 from vault_node import state as st
-from vault_node.audit import (
+from vault_node.raft import log_entries as le
+from vault_node.raft.audit import (
     AUDIT_FILE,
     AuditError,
     AuditLog,
@@ -42,7 +42,7 @@ from vault_node.audit import (
     format_time,
     read_audit,
 )
-from vault_node.replication import RaftConfig, ReplicatedVault
+from vault_node.raft.replication import RaftConfig, ReplicatedVault
 
 WAIT_SECONDS = 30.0
 

@@ -15,8 +15,8 @@ import pytest
 
 from bkv_api.v1 import envelope_pb2 as pb
 from bkv_protocol import tokens
+from bkv_tools.launcher_layout import CHATD_BURST
 from client_sdk.config import ClientConfig
-from client_sdk.launcher_layout import CHATD_BURST
 from client_sdk.vault_replies import seal_client_request
 from tests.security.conftest import RPC_TIMEOUT, new_account, signing_key
 

@@ -27,10 +27,10 @@ from tests.vault.conftest import (
     init_fleet,
     write_node_configs,
 )
-from vault_node import safe_pickle
-from vault_node.journal import read_records
-from vault_node.log_entries import decode_entry
-from vault_node.replication import JOURNAL_FILE
+from vault_node.raft import safe_pickle
+from vault_node.raft.journal import read_records
+from vault_node.raft.log_entries import decode_entry
+from vault_node.raft.replication import JOURNAL_FILE
 from vault_node.state import Put
 
 pytestmark = pytest.mark.cluster

@@ -22,8 +22,8 @@ from bkv_api.v1 import services_pb2
 from bkv_ops import tls
 from bkv_protocol import deposit, opaque, sealing, tokens
 from bkv_protocol.ksf import IDENTITY_KSF
+from bkv_tools.launcher import LocalCluster, node_status
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster, node_status
 from tests.cluster.conftest import running_cluster
 from tests.security.conftest import signing_key, wait_until
 from tests.security.oracle import (

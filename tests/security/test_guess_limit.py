@@ -1,6 +1,6 @@
 """The guess limit under attack: a client that cheats still gets at most N KE2 per deposit.
 
-Guards (``vault_node/service.py`` ``_login_start``): ``BeginAttempt`` is committed
+Guards (``vault_node/service/vault.py`` ``_login_start``): ``BeginAttempt`` is committed
 through Raft before KE2 is computed, and the state machine
 (``vault_node/state.py``) refuses and erases the record once the counter has
 reached the limit. Sessions are single use (``SessionTable.take``). Each test
@@ -22,8 +22,8 @@ import pytest
 from bkv_api.v1 import envelope_pb2 as pb
 from bkv_protocol import group, opaque, sealing, tokens
 from bkv_protocol.opaque_messages import NOE
+from bkv_tools.launcher import LocalCluster
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
 from tests.security.conftest import (
     ATTEMPT_LIMIT,
     RPC_TIMEOUT,

@@ -20,8 +20,8 @@ from hypothesis import strategies as hs
 from bkv_api.v1 import envelope_pb2 as pb
 from bkv_protocol import deposit, opaque, sealing, tokens
 from bkv_protocol.ksf import IDENTITY_KSF
+from bkv_tools.launcher import LocalCluster
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
 from tests.security.conftest import (
     RPC_TIMEOUT,
     converged_digest,

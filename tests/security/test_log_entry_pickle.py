@@ -3,8 +3,8 @@
 A pickle that names a global (here ``os.system``) is how bytes become code. Such
 an entry can come from a tampered journal on a node's disk (the disk is not
 trusted, DESIGN §6) or from an authenticated peer gone bad. The guard is
-``vault_node.safe_pickle``, installed as pysyncobj's pickle module by
-``vault_node.raft_core``; membership entries are JSON so they need no global.
+``vault_node.raft.safe_pickle``, installed as pysyncobj's pickle module by
+``vault_node.raft.core``; membership entries are JSON so they need no global.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 import pysyncobj.syncobj as syncobj_module
 import pytest
 
-from vault_node import raft_core, safe_pickle
-from vault_node.membership import Member, decode_change, encode_change
+from vault_node.raft import core as raft_core
+from vault_node.raft import safe_pickle
+from vault_node.raft.membership import Member, decode_change, encode_change
 
 
 class _Exploit:

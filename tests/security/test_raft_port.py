@@ -3,7 +3,7 @@
 pysyncobj frames a message as a 4-byte native-endian length, then
 ``zlib(pickle(message))``, encrypted when a transport secret is configured. The
 guard under attack is the cluster transport secret: every frame must pass the
-transport cipher's authentication (``vault_node/raft_core.py``,
+transport cipher's authentication (``vault_node/raft/core.py``,
 ``TransportCipher``; pysyncobj's own default is Fernet) before ``pickle.loads``
 runs. Without it, the framed pickle below would be unpickled and create the
 marker file.
@@ -27,9 +27,9 @@ import pytest
 from cryptography.fernet import Fernet
 from pysyncobj import SyncObj, SyncObjConf
 
+from bkv_tools.launcher import LocalCluster
+from bkv_tools.launcher_layout import free_ports
 from client_sdk.config import ClientConfig
-from client_sdk.launcher import LocalCluster
-from client_sdk.launcher_layout import free_ports
 from tests.security.conftest import (
     converged_digest,
     direct_client,
@@ -37,7 +37,7 @@ from tests.security.conftest import (
     new_account,
     node_status,
 )
-from vault_node.transport_cipher import TransportCipher
+from vault_node.raft.transport_cipher import TransportCipher
 
 pytestmark = pytest.mark.cluster
 

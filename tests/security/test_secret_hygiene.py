@@ -26,14 +26,14 @@ import tomli_w
 
 from bkv_protocol import opaque
 from bkv_protocol.ksf import IDENTITY_KSF
+from bkv_tools.launcher import LocalCluster
+from bkv_tools.launcher_layout import child_env
 from client_sdk.config import ClientConfig
 from client_sdk.errors import KeyDestroyed, NotRegistered, VaultError, WrongPassword
-from client_sdk.launcher import LocalCluster
-from client_sdk.launcher_layout import child_env
 from client_sdk.vault_client import VaultClient
 from tests.security.conftest import ATTEMPT_LIMIT, direct_client, new_account
 from tests.vault.conftest import VaultCallError
-from vault_node.hsm import FleetHsm, HsmError, SoftwareMasterKey
+from vault_node.hsm.fleet import FleetHsm, HsmError, SoftwareMasterKey
 
 pytestmark = pytest.mark.cluster
 

@@ -22,11 +22,11 @@ from bkv_ops import tls, tls_certs
 from bkv_protocol.ksf import IDENTITY_KSF
 from bkv_protocol.sharding import shard_for
 from bkv_protocol.tokens import mint_token
+from bkv_tools.launcher import LocalCluster, node_status
 from chatd_proxy.config import ChatDConfig
 from chatd_proxy.server import ChatDServer
 from client_sdk.config import ClientConfig
 from client_sdk.errors import VaultUnavailable
-from client_sdk.launcher import LocalCluster, node_status
 from client_sdk.vault_client import VaultClient
 from tests.cluster.conftest import running_cluster
 
@@ -254,7 +254,7 @@ def test_status_commands_speak_tls(
     tls_cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`bkv cluster status` reaches the nodes (ops certificate) and the ChatDs (CA)."""
-    from client_sdk.cli import main
+    from bkv_tools.cli import main
 
     state = str(tls_cluster.state_dir)
     assert main(["cluster", "status", "--state-dir", state, "--json"]) == 0

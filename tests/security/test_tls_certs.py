@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bkv_ops import tls, tls_certs
-from client_sdk import certs_cli
+from bkv_tools import certs_cli
 
 
 def client_leaf_with_role(authority: tls_certs.Authority, role: str) -> tuple[bytes, bytes]:
@@ -54,7 +54,7 @@ def test_leaf_names_role_and_key_usage(authority: tls_certs.Authority) -> None:
     assert set(sans.get_values_for_type(x509.DNSName)) == {tls.VAULT_SERVER_NAME, "dc1-n1"}
     assert set(sans.get_values_for_type(x509.IPAddress)) == {
         ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
-    assert tls_certs.cert_identity(cert) == (tls.ROLE_VAULT_NODE, "dc1-n1")
+    assert tls.cert_identity(cert) == (tls.ROLE_VAULT_NODE, "dc1-n1")
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]  # never a client
     basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -72,7 +72,7 @@ def test_each_role_gets_its_own_usage_and_name(authority: tls_certs.Authority) -
     chatd_dns = chatd.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert tls.CHATD_SERVER_NAME in chatd_dns.get_values_for_type(x509.DNSName)
     assert tls.VAULT_SERVER_NAME not in chatd_dns.get_values_for_type(x509.DNSName)
-    assert tls_certs.cert_identity(ops) == (tls.ROLE_OPS, "ops")
+    assert tls.cert_identity(ops) == (tls.ROLE_OPS, "ops")
 
 
 def test_ca_is_p256_and_limited_to_leaves(authority: tls_certs.Authority) -> None:
@@ -137,7 +137,7 @@ def test_certs_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert certs_cli.main(["compose", "--out", str(out), "--no-keep-ca-key"]) == 0
     assert not (out / tls.CA_KEY_DIR).exists()
     node = tls_certs.load_certificate(out / "dc1-n1" / tls.CERT_FILE)
-    assert tls_certs.cert_identity(node) == (tls.ROLE_VAULT_NODE, "dc1-n1")
+    assert tls.cert_identity(node) == (tls.ROLE_VAULT_NODE, "dc1-n1")
     sans = node.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "dc1-n1" in sans.get_values_for_type(x509.DNSName)
     assert (out / "probe" / tls.KEY_FILE).exists()
@@ -207,6 +207,6 @@ def test_certs_command_custom_and_local(tmp_path: Path) -> None:
     assert {"c1", "vault.example", tls.CHATD_SERVER_NAME} <= set(
         sans.get_values_for_type(x509.DNSName))
     assert ipaddress.ip_address("10.0.0.5") in sans.get_values_for_type(x509.IPAddress)
-    assert tls_certs.cert_identity(tls_certs.load_certificate(out / "probe" / tls.CERT_FILE)) == (
+    assert tls.cert_identity(tls_certs.load_certificate(out / "probe" / tls.CERT_FILE)) == (
         tls.ROLE_OPS, "probe")
     assert certs_cli.main(["local", "--state-dir", str(tmp_path / "nowhere")]) == 1

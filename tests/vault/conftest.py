@@ -28,7 +28,7 @@ from bkv_ops.tls import ClientTls, open_channel
 from bkv_protocol import deposit, opaque, sealing
 from bkv_protocol.errors import AuthenticationError
 from bkv_protocol.ksf import IDENTITY_KSF
-from client_sdk.launcher_layout import free_ports
+from bkv_tools.launcher_layout import free_ports
 
 NODE_CMD = [sys.executable, "-m", "vault_node.cli"]
 TEST_ATTEMPT_LIMIT = 3

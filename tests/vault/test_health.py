@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from client_sdk import compose_layout
+from bkv_tools import compose_layout
 from tests.vault.conftest import (
     NODE_CMD,
     Cluster,
@@ -18,7 +18,7 @@ from tests.vault.conftest import (
     started_cluster,
     wait_health,
 )
-from vault_node.health import NOT_SERVING, SERVING, vault_health
+from vault_node.service.health import NOT_SERVING, SERVING, vault_health
 
 SERVICES = ("", "bkv.v1.Vault")
 WAIT_SECONDS = 10.0

@@ -27,8 +27,8 @@ from tests.vault.conftest import (
     write_node_configs,
 )
 from vault_node.config import ConfigError, NodeConfig, Pkcs11Settings
-from vault_node.hsm import FleetHsm, HsmError, SoftwareMasterKey, init_fleet
-from vault_node.hsm_pkcs11 import (
+from vault_node.hsm.fleet import FleetHsm, HsmError, SoftwareMasterKey, init_fleet
+from vault_node.hsm.pkcs11 import (
     PIN_ENV,
     Pkcs11MasterKey,
     create_token_key,

@@ -26,9 +26,9 @@ from bkv_ops.logs import (
     pick_format,
     redact,
 )
+from bkv_tools.launcher_layout import child_env
 from chatd_proxy.config import ChatDConfig
 from chatd_proxy.config import ConfigError as ChatDConfigError
-from client_sdk.launcher_layout import child_env
 from vault_node.config import ConfigError, NodeConfig
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from client_sdk.launcher_layout import free_ports
+from bkv_tools.launcher_layout import free_ports
 from tests.vault.conftest import (
     NODE_CMD,
     Cluster,
@@ -26,9 +26,9 @@ from tests.vault.conftest import (
     started_cluster,
 )
 from vault_node import cli
-from vault_node.admin import CMD_ADD, CMD_MEMBERS
-from vault_node.admin_client import AdminClient, AdminError
-from vault_node.membership import Member
+from vault_node.admin.client import AdminClient, AdminError
+from vault_node.raft.admin_endpoint import CMD_ADD, CMD_MEMBERS
+from vault_node.raft.membership import Member
 
 pytestmark = pytest.mark.cluster
 CATCH_UP_DEADLINE = 30.0
@@ -220,7 +220,7 @@ def _recover_all(shard: Cluster, view: dict[str, Any], accounts: dict[str, bytes
 
 
 def test_removal_below_three_members_is_refused(tmp_path: Path) -> None:
-    from vault_node.membership import MembershipError, check_removal
+    from vault_node.raft.membership import MembershipError, check_removal
 
     three = [Member(f"n{i}", "dc1", f"127.0.0.1:{9000 + i}", f"127.0.0.1:{9100 + i}")
              for i in range(3)]

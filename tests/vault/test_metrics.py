@@ -9,7 +9,7 @@ import grpc
 import pytest
 import tomli_w
 
-from client_sdk.launcher_layout import free_ports
+from bkv_tools.launcher_layout import free_ports
 from tests.vault.conftest import (
     TEST_ATTEMPT_LIMIT,
     Cluster,

@@ -20,10 +20,10 @@ from bkv_protocol import opaque, sealing
 from tests.vault.test_vault_units import _raw
 from vault_node import state as st
 from vault_node.config import NodeConfig
-from vault_node.hsm import FleetHsm, SoftwareMasterKey, init_fleet
-from vault_node.replication import NotLeaderError
-from vault_node.service import VaultService
-from vault_node.sessions import SessionTable
+from vault_node.hsm.fleet import FleetHsm, SoftwareMasterKey, init_fleet
+from vault_node.raft.replication import NotLeaderError
+from vault_node.service.sessions import SessionTable
+from vault_node.service.vault import VaultService
 
 LIMIT = 3
 

@@ -25,12 +25,12 @@ from tests.vault.conftest import (
     clean_env,
 )
 from tests.vault.test_membership import run_cli
-from vault_node.hsm import SoftwareMasterKey
-from vault_node.journal import read_snapshot, write_snapshot
-from vault_node.membership import Member
-from vault_node.raft_core import SNAPSHOT_MEMBERS_KEY
-from vault_node.replication import SNAPSHOT_FILE, RaftConfig, RaftStartupError, ReplicatedVault
-from vault_node.snapshot_file import (
+from vault_node.hsm.fleet import SoftwareMasterKey
+from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY
+from vault_node.raft.journal import read_snapshot, write_snapshot
+from vault_node.raft.membership import Member
+from vault_node.raft.replication import SNAPSHOT_FILE, RaftConfig, RaftStartupError, ReplicatedVault
+from vault_node.raft.snapshot_file import (
     SnapshotContents,
     SnapshotFileError,
     open_sealed,

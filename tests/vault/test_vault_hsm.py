@@ -10,7 +10,7 @@ import pytest
 from bkv_protocol import deposit, opaque, sealing
 from bkv_protocol.errors import AuthenticationError
 from bkv_protocol.ksf import IDENTITY_KSF
-from vault_node.hsm import (
+from vault_node.hsm.fleet import (
     MASTER_KEY_ENV,
     FleetHsm,
     HsmError,

@@ -15,8 +15,8 @@ from vault_node.config import (
     NodeConfig,
     load_transport_secret,
 )
-from vault_node.service import guess_tag
-from vault_node.sessions import LoginSession, SessionTable
+from vault_node.service.sessions import LoginSession, SessionTable
+from vault_node.service.vault import guess_tag
 
 
 def _raw(**over: Any) -> dict[str, Any]:

@@ -1,0 +1,48 @@
+"""`bkv`: a thin command-line shell over client_sdk and the cluster tooling; parses and prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from bkv_tools.cli import (
+    backup_cmd,
+    bench_cmd,
+    cluster_cmd,
+    demo_cmd,
+    file_cmd,
+    key_cmd,
+    vault_cmd,
+)
+from bkv_tools.cli.common import CliError
+
+COMMAND_GROUPS = (key_cmd, file_cmd, backup_cmd, vault_cmd, cluster_cmd, demo_cmd, bench_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bkv", description="End-to-end encrypted backups and the Backup Key Vault."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except CliError as err:
+        print(f"bkv: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("bkv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""`bkv bench opaque|files|vault`: print performance figures (never pass/fail on time)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+from bkv_tools.cli.common import CliError
+
+
+def register(sub: Any) -> None:
+    """Add the `bench` command group to the `bkv` parser."""
+    parser = sub.add_parser("bench", help="benchmarks (print figures)")
+    group = parser.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    opaque = group.add_parser("opaque", help="OPAQUE/OPRF operations per second")
+    opaque.set_defaults(handler=_lazy("bkv_tools.bench_opaque"))
+    files = group.add_parser("files", help="backup encryption/decryption throughput")
+    files.set_defaults(handler=_lazy("bkv_tools.bench_files"))
+    vault = group.add_parser("vault", help="vault registrations/recoveries per second, latency")
+    vault.add_argument("--config", type=Path, default=None,
+                       help="client.toml of a running cluster (default: start a temporary one)")
+    vault.add_argument("--accounts", type=int, default=40, help="accounts to register")
+    vault.add_argument("--recoveries", type=int, default=400, help="recoveries to run")
+    vault.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    vault.set_defaults(handler=_vault)
+
+
+def _lazy(module: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        del args
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            raise CliError(f"benchmark {module} is not available: {err}", 1) from None
+        code = mod.main()
+        return int(code) if isinstance(code, int) else 0
+
+    return run
+
+
+def _vault(args: argparse.Namespace) -> int:
+    from bkv_tools.bench_vault import BenchSettings, run_bench
+    from bkv_tools.launcher import LauncherError
+    from client_sdk.errors import VaultError
+
+    for name in ("accounts", "recoveries", "clients"):
+        if not 1 <= getattr(args, name) <= 100_000:
+            raise CliError(f"--{name} must be between 1 and 100000", 2)
+    settings = BenchSettings(accounts=args.accounts, recoveries=args.recoveries,
+                             clients=min(args.clients, 64))
+    try:
+        run_bench(settings, config_path=args.config)
+    except (LauncherError, VaultError) as err:
+        raise CliError(f"vault benchmark failed: {err}", 4) from None
+    return 0

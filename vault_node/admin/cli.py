@@ -1,0 +1,201 @@
+"""`bkv-vault-node member ...` and `bkv-vault-node snapshot ...`: the operator's admin commands.
+
+Exit codes: 0 ok, 2 bad configuration, arguments or file, 3 the cluster refused
+the request or did not answer in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from vault_node.admin.client import AdminClient, AdminError
+from vault_node.config import ConfigError, NodeConfig, load_transport_secret
+from vault_node.hsm.fleet import FleetHsm, HsmError, MasterKeyBackend
+from vault_node.hsm.pkcs11 import load_master_key
+from vault_node.raft.admin_endpoint import CMD_ADD, CMD_MEMBERS, CMD_REMOVE, CMD_SNAPSHOT
+from vault_node.raft.membership import (
+    Member,
+    MembershipError,
+    bootstrap_members,
+    members_from_plain,
+)
+from vault_node.raft.snapshot_file import (
+    SnapshotFileError,
+    contents_from_reply,
+    open_sealed,
+    restore_into,
+    seal,
+    write_file,
+)
+from vault_node.raft.snapshot_offline import read_data_dir
+
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+DEFAULT_TIMEOUT = 30.0
+
+
+class _Fail(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _client(cfg: NodeConfig) -> tuple[AdminClient, list[str]]:
+    """A client holding the transport secret, and the Raft addresses to start from."""
+    secret = load_transport_secret(cfg)
+    seeds = [cfg.raft_address, *(p.raft_address for p in cfg.other_peers)]
+    return AdminClient(secret), seeds
+
+
+def _fleet(cfg: NodeConfig) -> tuple[MasterKeyBackend, bytes]:
+    master = load_master_key(cfg)
+    return master, FleetHsm.from_file(master, cfg.fleet_file).fleet_public_key
+
+
+def _print_members(reply: dict[str, Any], as_json: bool) -> None:
+    members = members_from_plain(reply.get("members"))
+    leader = reply.get("leader")
+    if as_json:
+        print(json.dumps({"leader": leader, "members": [m.to_plain() for m in members]}))
+        return
+    for m in members:
+        mark = "*" if m.raft_address == leader else " "
+        grpc_address = m.grpc_address or "(unknown)"
+        print(f"{mark} {m.node_id:<16} {m.datacenter:<10} raft {m.raft_address:<21} "
+              f"grpc {grpc_address}")
+    print(f"{len(members)} members; * = leader")
+
+
+def _ask(args: argparse.Namespace, command: list[Any]) -> tuple[NodeConfig, dict[str, Any]]:
+    cfg = NodeConfig.load(args.config)
+    client, seeds = _client(cfg)
+    try:
+        return cfg, client.call_leader(seeds, command, args.timeout)
+    except AdminError as err:
+        raise _Fail(str(err), EXIT_REFUSED) from None
+
+
+def _member_list(args: argparse.Namespace) -> None:
+    if not args.local:
+        _print_members(_ask(args, [CMD_MEMBERS])[1], args.json)
+        return
+    cfg = NodeConfig.load(args.config)
+    client, _seeds = _client(cfg)
+    try:
+        reply = client.request(cfg.raft_address, [CMD_MEMBERS, "local"], args.timeout)
+    except AdminError as err:
+        raise _Fail(str(err), EXIT_REFUSED) from None
+    _print_members(reply, args.json)
+
+
+def _member_add(args: argparse.Namespace) -> None:
+    try:
+        new = Member(args.node_id, args.datacenter, args.raft_address, args.grpc_address)
+    except MembershipError as err:
+        raise _Fail(str(err), EXIT_BAD_INPUT) from None
+    _print_members(_ask(args, [CMD_ADD, new.to_plain()])[1], args.json)
+
+
+def _member_remove(args: argparse.Namespace) -> None:
+    _print_members(_ask(args, [CMD_REMOVE, args.node_id])[1], args.json)
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _snapshot_take(args: argparse.Namespace) -> None:
+    cfg = NodeConfig.load(args.config)
+    master, fleet_public_key = _fleet(cfg)  # before asking: fail early on a bad key
+    if args.out.exists():
+        raise _Fail(f"{args.out} already exists; refusing to overwrite", EXIT_BAD_INPUT)
+    if args.offline:
+        if _listening(cfg.raft_address):
+            raise _Fail(f"{cfg.node_id} is running (its Raft port answers); "
+                        "take the snapshot without --offline", EXIT_BAD_INPUT)
+        contents = read_data_dir(cfg.data_dir, cfg.node_id, bootstrap_members(cfg.peers))
+    else:
+        contents = contents_from_reply(_ask(args, [CMD_SNAPSHOT])[1])
+    write_file(args.out, seal(master, fleet_public_key, contents))
+    print(f"wrote sealed snapshot {args.out}: log index {contents.last_entry[0]}, "
+          f"{contents.accounts} accounts, {len(contents.members)} members, "
+          f"from {contents.source_node}")
+
+
+def _snapshot_restore(args: argparse.Namespace) -> None:
+    cfg = NodeConfig.load(args.config)
+    master, fleet_public_key = _fleet(cfg)
+    try:
+        blob = args.input.read_bytes()
+    except OSError as err:
+        raise _Fail(f"cannot read {args.input}: {err.strerror}", EXIT_BAD_INPUT) from None
+    contents = open_sealed(master, fleet_public_key, blob)
+    members = bootstrap_members(cfg.peers)
+    path = restore_into(cfg.data_dir, contents, members)
+    print(f"restored {contents.accounts} accounts at log index {contents.last_entry[0]} "
+          f"into {path}; membership from {args.config} ({len(members)} members)")
+
+
+def _handle(args: argparse.Namespace) -> int:
+    try:
+        args.action(args)
+    except _Fail as err:
+        print(f"bkv-vault-node: {err}", file=sys.stderr)
+        return err.code
+    except (ConfigError, HsmError, SnapshotFileError, MembershipError) as err:
+        print(f"bkv-vault-node: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register `member` and `snapshot` on the `bkv-vault-node` sub-parser set."""
+    member = sub.add_parser("member", help="list, add or remove Raft group members")
+    msub = member.add_subparsers(dest="member_command", required=True)
+    specs = [
+        ("list", "show the members as the leader sees them", _member_list),
+        ("add", "add a member (start it first, with the current members as peers)", _member_add),
+        ("remove", "remove a member (never below 3)", _member_remove),
+    ]
+    for name, text, action in specs:
+        p = msub.add_parser(name, help=text)
+        _common(p)
+        p.add_argument("--json", action="store_true", help="print the member list as JSON")
+        if name == "list":
+            p.add_argument("--local", action="store_true",
+                           help="this node's own view, even without a leader")
+        if name in ("add", "remove"):
+            p.add_argument("--node-id", required=True)
+        if name == "add":
+            p.add_argument("--datacenter", required=True)
+            p.add_argument("--raft-address", required=True, help="host:port")
+            p.add_argument("--grpc-address", required=True, help="host:port")
+        p.set_defaults(handler=_handle, action=action)
+    snapshot = sub.add_parser("snapshot", help="take or restore a sealed snapshot")
+    ssub = snapshot.add_subparsers(dest="snapshot_command", required=True)
+    take = ssub.add_parser("take", help="seal the leader's applied state into a file")
+    _common(take)
+    take.add_argument("--out", type=Path, required=True)
+    take.add_argument("--offline", action="store_true",
+                      help="read this stopped node's data dir instead of asking the leader")
+    take.set_defaults(handler=_handle, action=_snapshot_take)
+    restore = ssub.add_parser("restore", help="restore into a stopped node's empty data dir")
+    restore.add_argument("--config", type=Path, required=True, help="the node's node.toml")
+    restore.add_argument("--in", dest="input", type=Path, required=True)
+    restore.set_defaults(handler=_handle, action=_snapshot_restore)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="any member's node.toml")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds to wait for the leader (default {DEFAULT_TIMEOUT:.0f})")

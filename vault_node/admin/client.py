@@ -1,0 +1,145 @@
+"""The operator side of the admin path: one authenticated request to a node's Raft port.
+
+The client speaks pysyncobj's utility protocol through the vault's transport
+cipher (see ``vault_node.raft.admin_endpoint``): it proves knowledge of the transport secret
+with every frame, and it only believes replies that authenticate under the same
+secret and echo the random key it chose for this connection.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pysyncobj.node import TCPNode
+from pysyncobj.poller import createPoller
+from pysyncobj.tcp_connection import TcpConnection
+
+from vault_node.raft.transport_cipher import TransportCipher
+
+PER_TRY_SECONDS = 10.0
+RETRY_PAUSE_SECONDS = 0.3
+_POLL_SECONDS = 0.1
+
+
+class AdminError(Exception):
+    """The admin request failed; the message is one line for the operator."""
+
+
+class AdminRefusedError(AdminError):
+    """The node dropped the connection at the first frame: almost surely a wrong secret."""
+
+
+class AdminClient:
+    """Sends admin commands to vault nodes and follows leader hints (bounded in time)."""
+
+    def __init__(self, transport_secret: bytes) -> None:
+        self._cipher = TransportCipher(transport_secret)
+
+    def __repr__(self) -> str:
+        return "AdminClient()"
+
+    def request(self, address: str, command: Sequence[Any], timeout: float) -> dict[str, Any]:
+        """One request/reply with the node at ``address`` (its Raft address)."""
+        try:
+            node = TCPNode(address)
+            host = node.ip
+        except (ValueError, OSError):
+            raise AdminError(f"invalid node address {address!r}") from None
+        if host is None:
+            raise AdminError(f"cannot resolve {node.host}")
+        poller = createPoller("auto")
+        state: dict[str, Any] = {"reply": None, "open": True, "greeted": False,
+                                 "connected": False}
+        my_key = os.urandom(32)
+
+        def on_connected() -> None:
+            state["connected"] = True
+            conn.recvRandKey = my_key  # the node must echo it in every frame it sends
+            conn.send(my_key)
+
+        def on_message(message: Any) -> None:
+            if not state["greeted"]:
+                state["greeted"] = True
+                conn.sendRandKey = message  # ... and we echo the node's key in ours
+                conn.send(list(command))
+                return
+            state["reply"] = message
+            conn.disconnect()
+
+        def on_disconnected() -> None:
+            state["open"] = False
+
+        conn = TcpConnection(
+            poller,
+            onConnected=on_connected,
+            onMessageReceived=on_message,
+            onDisconnected=on_disconnected,
+            timeout=timeout,
+        )
+        conn.encryptor = self._cipher
+        if not conn.connect(host, node.port):
+            raise AdminError(f"cannot connect to {address}")
+        deadline = time.monotonic() + timeout
+        try:
+            while state["open"] and time.monotonic() < deadline:
+                poller.poll(_POLL_SECONDS)
+        finally:
+            conn.disconnect()
+        reply = state["reply"]
+        if reply is None:
+            if not state["connected"]:
+                raise AdminError(f"cannot connect to {address}")
+            if not state["greeted"]:
+                raise AdminRefusedError(
+                    f"{address} closed the connection (is the transport secret right?)"
+                )
+            raise AdminError(f"no reply from {address} within {timeout:.0f}s")
+        if not isinstance(reply, dict):
+            raise AdminError(f"{address} refused the request: {reply}")
+        return reply
+
+    def call_leader(
+        self, seeds: Sequence[str], command: Sequence[Any], deadline_seconds: float
+    ) -> dict[str, Any]:
+        """Send ``command`` to the leader: try the seeds, follow hints, retry until the deadline.
+
+        Returns the first successful reply; raises AdminError on a definite refusal
+        or when the deadline passes.
+        """
+        if not seeds:
+            raise AdminError("no node address to ask")
+        end = time.monotonic() + deadline_seconds
+        target, turn, hops, problem = seeds[0], 0, 0, "no leader"
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise AdminError(f"gave up after {deadline_seconds:.0f}s: {problem}")
+            try:
+                reply = self.request(target, command, min(remaining, PER_TRY_SECONDS))
+            except AdminRefusedError:
+                raise  # retrying elsewhere can't help: every node holds the same secret
+            except AdminError as err:
+                problem = str(err)
+                turn += 1
+                target = seeds[turn % len(seeds)]
+                time.sleep(min(RETRY_PAUSE_SECONDS, max(0.0, end - time.monotonic())))
+                continue
+            if reply.get("ok"):
+                return reply
+            problem = str(reply.get("error", "refused"))
+            if not reply.get("retry"):
+                raise AdminError(problem)
+            leader = reply.get("leader")
+            if (
+                reply.get("not_leader")
+                and isinstance(leader, str)
+                and leader != target
+                and hops < len(seeds) + 2  # stale views can't make us spin
+            ):
+                target, hops = leader, hops + 1  # a fresh hint: ask the leader at once
+                continue
+            hops = 0
+            time.sleep(min(RETRY_PAUSE_SECONDS, max(0.0, end - time.monotonic())))

@@ -1,0 +1,410 @@
+"""pysyncobj integration internals: durable journal hook, fast replication, safe truncation.
+
+Only ``vault_node.raft.replication`` uses this module. What it changes in pysyncobj's
+behaviour, and why:
+
+* **Durability before counting (invariant 6).** Every message this node sends
+  (except a leader's AppendEntries, below) is preceded by one ``fdatasync`` of
+  the journal if anything was appended since the last one, and every tick
+  starts with the same. So a follower's AppendEntries acknowledgement and a
+  leader's self-count in the commit computation only ever cover entries
+  already on disk; a whole batch costs one fsync (group commit).
+* **Latency.** pysyncobj replicates on its heartbeat. Here the tick thread is
+  woken as soon as a command is queued, and the leader sends AppendEntries in
+  the same tick in which it appended the batch.
+* **No truncation of matching entries.** pysyncobj truncates a follower's log
+  after ``prevLogIdx`` whenever the follower holds more entries, even when they
+  match the leader's (a delayed or duplicated AppendEntries). Raft only
+  truncates on conflict; committed entries never conflict, so this filter
+  skips the already-held prefix and answers stale messages itself. pysyncobj's
+  "truncating already-applied log entries" message is counted by
+  ``TruncationMonitor`` so tests can assert it never fires.
+* **Parallel leader fsync.** A leader sends a new batch *before* syncing its
+  own journal and syncs right after, in the same call, so its disk write
+  overlaps the followers'. The commit computation that counts the leader runs
+  only in a later tick (the acknowledgements arrive in a later poll), after
+  that sync. An AppendEntries acknowledges nothing, so sending it early is
+  safe (the optimisation of section 10.2.1 of Ongaro's Raft thesis).
+* **Authenticated transport (invariant 5).** With ``password`` set, pysyncobj
+  gives every connection the node's encryptor before the first byte is read,
+  and ``TcpConnection.__processParseMessage`` decrypts (authenticates) a frame
+  before ``pickle.loads``; a frame failing the check drops the connection
+  without being unpickled. pysyncobj's default encryptor is Fernet (AES-CBC +
+  HMAC, base64, several Python-level calls per frame); :class:`TransportCipher`
+  replaces it with one ChaCha20-Poly1305 call per frame.
+* **Membership survives restarts.** Dynamic membership is on (changes come
+  only through ``vault_node.raft.admin_endpoint``). Snapshots record the members (with
+  their ids and gRPC addresses) under ``SNAPSHOT_MEMBERS_KEY``, and at start-up
+  the membership entries after the snapshot are replayed, so a restarted node
+  uses the latest configuration in its log rather than its bootstrap list.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pysyncobj.syncobj as _syncobj_module
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.pipe_notifier import PipeNotifier
+from pysyncobj.transport import TCPTransport
+
+from vault_node.raft import safe_pickle
+from vault_node.raft.audit import AuditLog
+from vault_node.raft.journal import (
+    DurableJournal,
+    base_entry,
+    make_durable,
+    read_snapshot,
+    write_snapshot,
+)
+from vault_node.raft.log_entries import decode_entry
+from vault_node.raft.membership import (
+    Member,
+    decode_change,
+    describe,
+    encode_change,
+    members_from_plain,
+    members_to_plain,
+)
+from vault_node.raft.transport_cipher import TransportCipher
+from vault_node.state import ApplyResult, Command, Delete, Outcome, Put, VaultState
+
+log = logging.getLogger("vault_node.raft")
+
+_TRUNCATION_TEXT = "truncating already-applied log entries"
+ERASE_DELAY_SECONDS = 3.0  # destroyed or replaced record -> log compaction on this node
+SNAPSHOT_MEMBERS_KEY = "raft_members"
+
+
+class TruncationMonitor(logging.Handler):
+    """Counts pysyncobj's truncation-of-applied-entries message and re-reports it as an error."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _TRUNCATION_TEXT in str(record.msg):
+            self.count += 1
+            log.error("raft safety: pysyncobj truncated already-applied log entries")
+
+
+_MEMBERSHIP_ENTRY = _syncobj_module._COMMAND_TYPE.MEMBERSHIP  # an entry's first byte
+
+
+def is_membership_entry(command: bytes) -> bool:
+    """A log entry that changes the Raft group's membership."""
+    return command[:1] == bytes([_MEMBERSHIP_ENTRY])
+
+
+TRUNCATION_MONITOR = TruncationMonitor()
+logging.getLogger("pysyncobj.syncobj").addHandler(TRUNCATION_MONITOR)
+
+# pysyncobj builds its journal with ``createJournal(conf.journalFile)``. Passing our
+# journal object as ``journalFile`` and recognising it here plugs in the durable
+# journal; any other value keeps pysyncobj's behaviour.
+_original_create_journal = _syncobj_module.createJournal
+
+
+def _create_journal(journal_file: Any) -> Any:
+    if isinstance(journal_file, DurableJournal):
+        return journal_file
+    return _original_create_journal(journal_file)
+
+
+_syncobj_module.createJournal = _create_journal
+
+# Every log entry pysyncobj unpickles (applied, replayed from the journal, or
+# reassembled from a large transmission) goes through a codec that refuses
+# globals: a tampered journal or a misbehaving peer can't make it run code.
+_syncobj_module.pickle = safe_pickle
+
+
+def filter_append_entries(
+    journal: DurableJournal, message: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Rewrite an AppendEntries so pysyncobj never truncates entries that match the leader's.
+
+    Returns the message to hand to pysyncobj and, for a stale message whose entries
+    this node already holds, the acknowledgement to send on its behalf.
+    """
+    prev_idx, prev_term = message.get("prevLogIdx"), message.get("prevLogTerm")
+    entries = message.get("entries") or []
+    if prev_idx is None or len(journal) == 0:
+        return message, None
+    first, last = journal[0][1], journal[-1][1]
+    if not first <= prev_idx <= last or journal[prev_idx - first][2] != prev_term:
+        return message, None  # pysyncobj rejects it without truncating
+    held = 0
+    for _command, idx, term in entries:
+        if idx != prev_idx + held + 1 or idx > last or journal[idx - first][2] != term:
+            break
+        held += 1
+    matched = prev_idx + held
+    if held == len(entries) and matched < last:
+        stale = {k: v for k, v in message.items() if k not in ("prevLogIdx", "prevLogTerm")}
+        stale.pop("entries", None)
+        stale["commit_index"] = min(int(message.get("commit_index", 0)), matched)
+        ack = {
+            "type": "next_node_idx",
+            "next_node_idx": matched + 1,
+            "reset": False,
+            "success": True,
+        }
+        return stale, ack
+    if held == 0:
+        return message, None
+    rewritten = dict(message)
+    rewritten["prevLogIdx"] = matched
+    rewritten["prevLogTerm"] = journal[matched - first][2]
+    rewritten["entries"] = entries[held:]
+    return rewritten, None
+
+
+class DurableTransport(TCPTransport):  # type: ignore[misc]
+    """TCP transport that syncs the journal before anything leaves and filters AppendEntries."""
+
+    def _journal(self) -> DurableJournal:
+        journal: DurableJournal = self._syncObj.bkv_journal
+        return journal
+
+    def send(self, node: Any, message: Any) -> bool:
+        if not (
+            isinstance(message, dict)
+            and message.get("type") == "append_entries"
+            and self._syncObj._isLeader()
+        ):
+            # Anything else may acknowledge entries (a follower's next_node_idx):
+            # durable first. A leader's AppendEntries acknowledges nothing; the
+            # leader syncs right after sending (``VaultSyncObj``).
+            self._journal().sync()
+        return bool(super().send(node, message))
+
+    def setOnMessageReceivedCallback(self, callback: Callable[..., Any]) -> None:
+        super().setOnMessageReceivedCallback(functools.partial(self._filtered, callback))
+
+    def _filtered(self, callback: Callable[..., Any], node: Any, message: Any) -> None:
+        ack = None
+        if (
+            isinstance(message, dict)
+            and message.get("type") == "append_entries"
+            and "prevLogIdx" in message
+            and "transmission" not in message
+            and isinstance(message.get("term"), int)
+            and message["term"] >= self._syncObj.raftCurrentTerm
+        ):
+            message, ack = filter_append_entries(self._journal(), message)
+        callback(node, message)
+        if ack is not None:
+            self.send(node, ack)
+
+
+class VaultSyncObj(SyncObj):  # type: ignore[misc]
+    """The pysyncobj object replicating ``VaultState``. All mutation happens on its tick thread."""
+
+    def __init__(
+        self,
+        self_address: str,
+        peers: list[str],
+        conf_kwargs: dict[str, Any],
+        journal: DurableJournal,
+        snapshot_path: Path,
+        audit: AuditLog,
+        *,
+        known_members: Mapping[str, Member] | None = None,
+    ) -> None:
+        self.bkv_journal = journal
+        self.bkv_known_members = dict(known_members or {})  # raft address -> bootstrap entry
+        self._bkv_snapshot_index = 0  # log index covered by the snapshot loaded at start-up
+        self.bkv_audit = audit
+        self.bkv_cipher = TransportCipher(conf_kwargs["password"])
+        self.bkv_state = VaultState()
+        self.bkv_state_lock = threading.Lock()
+        self.bkv_snapshot_path = snapshot_path
+        self.bkv_snapshot_error: str | None = None
+        self.bkv_snapshots_written = 0
+        self.bkv_snapshots_loaded = 0  # read at start-up or installed from the leader
+        self._bkv_erase_due: float | None = None  # when to compact away a removed record
+        self.bkv_erasures = 0  # compactions asked for to erase removed records
+        self._bkv_durable = journal.fsync_enabled
+        conf = SyncObjConf(
+            journalFile=journal,
+            fullDumpFile=str(snapshot_path),
+            serializer=self._bkv_serialize,
+            deserializer=self._bkv_deserialize,
+            useFork=False,
+            autoTick=False,
+            appendEntriesUseBatch=True,
+            commandsWaitLeader=False,
+            dynamicMembershipChange=True,
+            **conf_kwargs,
+        )
+        super().__init__(self_address, peers, conf, transportClass=DurableTransport)
+        self.bkv_wake = PipeNotifier(self._poller)
+        self._bkv_restore_membership()
+
+    @property
+    def encryptor(self) -> TransportCipher:
+        """What the transport gives every connection, instead of pysyncobj's Fernet."""
+        return self.bkv_cipher
+
+    @replicated  # type: ignore[untyped-decorator]
+    def _bkv_apply(self, encoded: bytes) -> ApplyResult:
+        """Apply one committed entry; a malformed one is a logged no-op, never a crash."""
+        index = int(self.raftLastApplied) + 1  # pysyncobj counts an entry once applied
+        command: Command | None = None
+        time_ms: int | None = None
+        try:
+            command, time_ms = decode_entry(encoded)
+        except ValueError:
+            log.error("ignoring a malformed committed command")
+            result = ApplyResult(Outcome.INVALID)
+        else:
+            with self.bkv_state_lock:
+                replaces = isinstance(command, Put | Delete) and (
+                    self.bkv_state.entry(command.account_id) is not None)
+                result = self.bkv_state.apply(command)
+            if result.outcome == Outcome.DESTROYED or (replaces and result.outcome == Outcome.OK):
+                self._bkv_schedule_erase()
+        self.bkv_audit.record(index, command, result, time_ms)
+        return result
+
+    def _bkv_schedule_erase(self) -> None:
+        """A sealed record left the state: compact the log soon, so no copy stays on disk.
+
+        The record's ``Put`` entry sits in the journal (and maybe in the previous
+        snapshot) until a snapshot covers it. Compacting ``ERASE_DELAY_SECONDS``
+        after the first such entry batches a burst of destructions into one
+        snapshot while keeping every node's disk free of the record well within a
+        minute (SECURITY.md, "Destroyed means gone").
+        """
+        if self._bkv_erase_due is None:
+            self._bkv_erase_due = time.monotonic() + ERASE_DELAY_SECONDS
+
+    def submit_encoded(self, encoded: bytes, callback: Callable[[Any, int], None]) -> None:
+        self._bkv_apply(encoded, callback=callback)
+        self.bkv_wake.notify()
+
+    # ---- tick hooks -------------------------------------------------------------------
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        # Entries appended in the previous tick become durable before this tick's
+        # commit computation counts this node's own log.
+        self.bkv_journal.sync()
+        if self._bkv_erase_due is not None and time.monotonic() >= self._bkv_erase_due:
+            self._bkv_erase_due = None
+            self.bkv_erasures += 1
+            self.forceLogCompaction()  # runs at the end of this tick
+        self.bkv_audit.sync_if_due()  # the journal can rebuild it: no fsync per tick
+        super()._onTick(timeToWait)
+
+    def _checkCommandsToApply(self) -> None:
+        before = len(self.bkv_journal)
+        super()._checkCommandsToApply()
+        if self._isLeader() and len(self.bkv_journal) != before:
+            # Replicate the batch now instead of on the next heartbeat, and make
+            # it durable here while the followers write theirs; the leader counts
+            # itself in the commit only from the next tick, after this sync.
+            self._SyncObj__sendAppendEntries()
+        self.bkv_journal.sync()
+
+    # ---- snapshots --------------------------------------------------------------------
+
+    def _bkv_serialize(self, filename: str, data: Any) -> None:
+        last, previous, cluster = data
+        self.bkv_audit.sync()  # no audited entry may be lost behind a snapshot
+        with self.bkv_state_lock:
+            plain = self.bkv_state.to_plain()
+        # membership rides in the snapshot's state table (VaultState ignores the key)
+        plain[SNAPSHOT_MEMBERS_KEY] = members_to_plain(
+            describe(node, self.bkv_known_members) for node in cluster
+        )
+        # the base entry's command is never applied or sent again: keep no record in it
+        write_snapshot(Path(filename), plain, last, base_entry(previous),
+                       durable=self._bkv_durable)
+        self.bkv_snapshots_written += 1
+
+    def _bkv_deserialize(self, filename: str) -> tuple[Any, Any, Any]:
+        path = Path(filename)
+        try:
+            # a snapshot installed from the leader is durable before it is acknowledged
+            make_durable(path, fsync=self._bkv_durable)
+            plain, last, previous = read_snapshot(path)
+            members_plain = plain.pop(SNAPSHOT_MEMBERS_KEY, None)
+            members = None if members_plain is None else members_from_plain(members_plain)
+            state = VaultState.from_plain(plain)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self.bkv_snapshot_error = f"snapshot {path} unusable: {type(err).__name__}"
+            log.error("%s", self.bkv_snapshot_error)
+            raise
+        with self.bkv_state_lock:
+            self.bkv_state = state
+        self.bkv_audit.snapshot_installed(int(last[1]))
+        self.bkv_snapshots_loaded += 1
+        self._bkv_snapshot_index = int(last[1])
+        # a snapshot from before membership was recorded keeps the current membership
+        cluster = self._bkv_cluster() if members is None else [m.node() for m in members]
+        return last, previous, cluster
+
+    # ---- membership -------------------------------------------------------------------
+
+    def _bkv_cluster(self) -> list[Any]:
+        others: set[Any] = self._SyncObj__otherNodes.copy()
+        return [*others, self._SyncObj__selfNode]
+
+    def bkv_members(self) -> list[Member]:
+        """Every voting member as of the end of this node's log (self included)."""
+        return [describe(node, self.bkv_known_members) for node in self._bkv_cluster()]
+
+    def addNodeToCluster(self, node: Any, callback: Any = None) -> None:
+        """Membership entries are JSON (``membership.encode_change``), never pickles."""
+        self._bkv_change_cluster("add", node, callback)
+
+    def removeNodeFromCluster(self, node: Any, callback: Any = None) -> None:
+        self._bkv_change_cluster("rem", node, callback)
+
+    def _bkv_change_cluster(self, kind: str, node: Any, callback: Any) -> None:
+        member = describe(node, self.bkv_known_members)
+        self._applyCommand(encode_change(kind, member), callback, _MEMBERSHIP_ENTRY)
+
+    def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> list[Any] | None:
+        """pysyncobj's hook for membership entries, reading our JSON form."""
+        if not is_membership_entry(command):
+            return None
+        change = decode_change(command[1:])
+        if change is None:
+            log.error("ignoring a malformed membership entry")
+            return None
+        kind, member = change
+        node = member.node()
+        return [kind, node.id, node]
+
+    def bkv_self_member(self) -> Member:
+        return describe(self._SyncObj__selfNode, self.bkv_known_members)
+
+    def _bkv_restore_membership(self) -> None:
+        """Rebuild membership as of the end of the log: the snapshot's, then later changes.
+
+        pysyncobj restores membership only from a snapshot and otherwise applies a
+        membership entry when it arrives, so after a restart it would fall back to the
+        bootstrap list. Here the snapshot is loaded right away (instead of at the first
+        tick) and the membership entries after it are replayed, as Raft prescribes
+        (a node uses the latest configuration in its log, committed or not).
+        """
+        if getattr(self, "_SyncObj__needLoadDumpFile", True) and self.bkv_snapshot_path.is_file():
+            self._SyncObj__loadDumpFile(clearJournal=False)
+        self._SyncObj__needLoadDumpFile = False
+        journal = self.bkv_journal
+        for position in range(len(journal)):
+            command, idx, _term = journal[position]
+            if idx <= self._bkv_snapshot_index:
+                continue
+            request = self._SyncObj__parseChangeClusterRequest(command)
+            if request is not None:
+                self._SyncObj__doChangeCluster(request)
