@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vault_node.transport_cipher import LinkError, LinkKey, parse_public_key
+
 TRANSPORT_SECRET_ENV = "BKV_TRANSPORT_SECRET"  # noqa: S105 (a variable name)
+LINK_KEY_ENV = "BKV_LINK_KEY"
 MIN_TRANSPORT_SECRET_BYTES = 16
 
 
@@ -35,6 +38,7 @@ class PeerConfig:
     datacenter: str
     raft_address: str
     grpc_address: str
+    link_public_key: str = ""  # hex X25519 key the member's Raft frames are sealed with
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class NodeConfig:
     master_key_file: Path | None
     transport_secret_file: Path | None
     peers: tuple[PeerConfig, ...]
+    link_key_file: Path | None = None  # this node's private link key (0600); or $BKV_LINK_KEY
     attempt_limit: int = 10
     session_ttl_seconds: float = 30.0
     max_sessions: int = 10_000
@@ -126,6 +131,8 @@ class NodeConfig:
                     datacenter=p.string("datacenter"),
                     raft_address=p.address("raft_address"),
                     grpc_address=p.address("grpc_address"),
+                    link_public_key=p.link_key("link_public_key") if "link_public_key" in item
+                    else "",
                 )
             )
         cfg = cls(
@@ -139,6 +146,7 @@ class NodeConfig:
             master_key_file=r.optional_path("master_key_file"),
             transport_secret_file=r.optional_path("transport_secret_file"),
             peers=tuple(peers),
+            link_key_file=r.optional_path("link_key_file"),
             attempt_limit=r.integer("attempt_limit", 1, 100, default=10),
             session_ttl_seconds=r.number("session_ttl_seconds", 1.0, 600.0, default=30.0),
             max_sessions=r.integer("max_sessions", 1, 1_000_000, default=10_000),
@@ -179,6 +187,9 @@ class NodeConfig:
             raise ConfigError(f"{where}: duplicate node_id in [[peers]]")
         if len({p.raft_address for p in self.peers}) != len(ids):
             raise ConfigError(f"{where}: duplicate raft_address in [[peers]]")
+        keys = [p.link_public_key for p in self.peers if p.link_public_key]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"{where}: duplicate link_public_key in [[peers]]")
         me = [p for p in self.peers if p.node_id == self.node_id]
         if not me:
             raise ConfigError(f"{where}: [[peers]] must include this node ({self.node_id})")
@@ -186,8 +197,51 @@ class NodeConfig:
             raise ConfigError(f"{where}: this node's [[peers]] entry disagrees with its addresses")
 
 
+class TransportSecret(bytes):
+    """The shared transport secret, carrying this node's link key when its config names one.
+
+    ``vault_node.server`` hands the result of :func:`load_transport_secret` to
+    ``RaftConfig.transport_secret``; the link key rides along so the node gets it
+    without another parameter (``RaftConfig.link_key`` takes it explicitly).
+    """
+
+    link_key: LinkKey | None = None
+
+    def __repr__(self) -> str:
+        return "TransportSecret()"
+
+
+def load_link_key(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> LinkKey:
+    """``$BKV_LINK_KEY`` if set, else ``link_key_file``; ConfigError if neither or malformed.
+
+    The file must not be readable by group or others (like every key file).
+    """
+    environ = os.environ if env is None else env
+    value = environ.get(LINK_KEY_ENV, "").strip()
+    if not value and cfg.link_key_file is not None:
+        try:
+            if cfg.link_key_file.stat().st_mode & 0o077:
+                raise ConfigError(f"link key file {cfg.link_key_file} must be 0600")
+            value = cfg.link_key_file.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"cannot read link key file {cfg.link_key_file}") from None
+    if not value:
+        raise ConfigError(
+            f"no Raft link key: set link_key_file or {LINK_KEY_ENV} "
+            "(make one with `bkv-vault-node link-key new`)"
+        )
+    try:
+        return LinkKey.from_hex(value)
+    except LinkError as err:
+        raise ConfigError(str(err)) from None
+
+
 def load_transport_secret(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> bytes:
-    """``$BKV_TRANSPORT_SECRET`` if set, else the secret file; ConfigError if neither."""
+    """``$BKV_TRANSPORT_SECRET`` if set, else the secret file; ConfigError if neither.
+
+    Returns a :class:`TransportSecret` carrying the node's link key when one is
+    configured (``link_key_file`` or ``$BKV_LINK_KEY``).
+    """
     environ = os.environ if env is None else env
     value = environ.get(TRANSPORT_SECRET_ENV, "").strip()
     if not value and cfg.transport_secret_file is not None:
@@ -204,11 +258,13 @@ def load_transport_secret(cfg: NodeConfig, env: Mapping[str, str] | None = None)
             "no Raft transport secret: set transport_secret_file or "
             f"{TRANSPORT_SECRET_ENV}; the node refuses to run unauthenticated Raft"
         )
-    secret = value.encode("utf-8")
+    secret = TransportSecret(value.encode("utf-8"))
     if len(secret) < MIN_TRANSPORT_SECRET_BYTES:
         raise ConfigError(
             f"Raft transport secret is shorter than {MIN_TRANSPORT_SECRET_BYTES} characters"
         )
+    if cfg.link_key_file is not None or environ.get(LINK_KEY_ENV, "").strip():
+        secret.link_key = load_link_key(cfg, environ)
     return secret
 
 
@@ -258,6 +314,13 @@ class _Reader:
         if not is_host_port(value):
             raise ConfigError(f"{self._where}: {key!r} must be host:port, got {value!r}")
         return value
+
+    def link_key(self, key: str) -> str:
+        """A link public key (64 hex digits), normalised to lower case."""
+        try:
+            return parse_public_key(self.string(key)).hex()
+        except LinkError as err:
+            raise ConfigError(f"{self._where}: {key!r}: {err}") from None
 
     def optional_address(self, key: str) -> str:
         """``host:port`` if the key is present, else "" (the caller's default applies)."""

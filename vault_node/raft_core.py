@@ -25,13 +25,16 @@ behaviour, and why:
   only in a later tick (the acknowledgements arrive in a later poll), after
   that sync. An AppendEntries acknowledges nothing, so sending it early is
   safe (the optimisation of section 10.2.1 of Ongaro's Raft thesis).
-* **Authenticated transport (invariant 5).** With ``password`` set, pysyncobj
-  gives every connection the node's encryptor before the first byte is read,
-  and ``TcpConnection.__processParseMessage`` decrypts (authenticates) a frame
-  before ``pickle.loads``; a frame failing the check drops the connection
-  without being unpickled. pysyncobj's default encryptor is Fernet (AES-CBC +
-  HMAC, base64, several Python-level calls per frame); :class:`TransportCipher`
-  replaces it with one ChaCha20-Poly1305 call per frame.
+* **Authenticated, never executable link (invariant 5).** Every module-level
+  change to pysyncobj lives in ``vault_node.pysyncobj_edge`` (imported first,
+  with its import-time shape check): the restricted codec for every pickle,
+  and :class:`~vault_node.pysyncobj_edge.LinkConnection` for every connection.
+  ``password`` is set so pysyncobj runs its per-connection random-key exchange,
+  and the node's "encryptor" is a :class:`~vault_node.pysyncobj_edge.LinkPolicy`:
+  its link secrets and the question "is this link key a current member's?".
+  :class:`DurableTransport` gives each dialled connection the link key of the
+  member it dials and refuses an incoming connection that claims another
+  member's address than its key's, or a read-only node.
 * **Membership survives restarts.** Dynamic membership is on (changes come
   only through ``vault_node.admin``). Snapshots record the members (with
   their ids and gRPC addresses) under ``SNAPSHOT_MEMBERS_KEY``, and at start-up
@@ -53,7 +56,6 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.transport import TCPTransport
 
-from vault_node import safe_pickle
 from vault_node.audit import AuditLog
 from vault_node.journal import DurableJournal, make_durable, read_snapshot, write_snapshot
 from vault_node.log_entries import decode_entry
@@ -65,8 +67,9 @@ from vault_node.membership import (
     members_from_plain,
     members_to_plain,
 )
+from vault_node.pysyncobj_edge import LinkConnection, LinkPolicy  # installs the hooks
 from vault_node.state import ApplyResult, Command, Outcome, VaultState
-from vault_node.transport_cipher import TransportCipher
+from vault_node.transport_cipher import LinkSecrets
 
 log = logging.getLogger("vault_node.raft")
 
@@ -97,26 +100,6 @@ def is_membership_entry(command: bytes) -> bool:
 
 TRUNCATION_MONITOR = TruncationMonitor()
 logging.getLogger("pysyncobj.syncobj").addHandler(TRUNCATION_MONITOR)
-
-# pysyncobj builds its journal with ``createJournal(conf.journalFile)``. Passing our
-# journal object as ``journalFile`` and recognising it here plugs in the durable
-# journal; any other value keeps pysyncobj's behaviour.
-_original_create_journal = _syncobj_module.createJournal
-
-
-def _create_journal(journal_file: Any) -> Any:
-    if isinstance(journal_file, DurableJournal):
-        return journal_file
-    return _original_create_journal(journal_file)
-
-
-_syncobj_module.createJournal = _create_journal
-
-# Every log entry pysyncobj unpickles (applied, replayed from the journal, or
-# reassembled from a large transmission) goes through a codec that refuses
-# globals: a tampered journal or a misbehaving peer can't make it run code.
-_syncobj_module.pickle = safe_pickle
-
 
 def filter_append_entries(
     journal: DurableJournal, message: dict[str, Any]
@@ -160,7 +143,31 @@ def filter_append_entries(
 
 
 class DurableTransport(TCPTransport):  # type: ignore[misc]
-    """TCP transport that syncs the journal before anything leaves and filters AppendEntries."""
+    """TCP transport that syncs the journal before anything leaves and filters AppendEntries.
+
+    It also binds connections to members: a dialled connection must meet the link
+    key of the member it dials, and an incoming one may only claim the address of
+    the member whose key it authenticated with (never a read-only node).
+    """
+
+    def addNode(self, node: Any) -> None:
+        super().addNode(node)
+        conn = self._connections.get(node)
+        if isinstance(conn, LinkConnection):
+            conn.bkv_expected_peer = self._syncObj.bkv_link_key_of(node)
+
+    def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
+        if conn.sendRandKey and not isinstance(message, list):
+            # past the random-key exchange, a peer names the member it is
+            node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
+            key = None if node is None else self._syncObj.bkv_link_key_of(node)
+            peer = getattr(conn, "bkv_peer_key", None)
+            if key is None or peer is None or key != peer:
+                log.warning("raft link: a peer claimed a member address its key does not own")
+                conn.disconnect()
+                self._unknownConnections.discard(conn)
+                return
+        super()._onIncomingMessageReceived(conn, message)
 
     def _journal(self) -> DurableJournal:
         journal: DurableJournal = self._syncObj.bkv_journal
@@ -208,6 +215,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         journal: DurableJournal,
         snapshot_path: Path,
         audit: AuditLog,
+        link: LinkSecrets,
         *,
         known_members: Mapping[str, Member] | None = None,
     ) -> None:
@@ -215,7 +223,8 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self.bkv_known_members = dict(known_members or {})  # raft address -> bootstrap entry
         self._bkv_snapshot_index = 0  # log index covered by the snapshot loaded at start-up
         self.bkv_audit = audit
-        self.bkv_cipher = TransportCipher(conf_kwargs["password"])
+        self._bkv_member_keys: frozenset[bytes] | None = None  # cache, None: recompute
+        self.bkv_link = LinkPolicy(link, self.bkv_is_member_key)
         self.bkv_state = VaultState()
         self.bkv_state_lock = threading.Lock()
         self.bkv_snapshot_path = snapshot_path
@@ -240,9 +249,35 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self._bkv_restore_membership()
 
     @property
-    def encryptor(self) -> TransportCipher:
+    def encryptor(self) -> LinkPolicy:
         """What the transport gives every connection, instead of pysyncobj's Fernet."""
-        return self.bkv_cipher
+        return self.bkv_link
+
+    def bkv_link_key_of(self, node: Any) -> bytes | None:
+        """The link key of a member (its description, else the bootstrap list); None: unknown."""
+        return describe(node, self.bkv_known_members).link_public_key
+
+    def bkv_is_member_key(self, key: bytes) -> bool:
+        """Is ``key`` the link key of a member as of the end of this node's log (self included)?"""
+        keys = self._bkv_member_keys
+        if keys is None:
+            found = (self.bkv_link_key_of(node) for node in self._bkv_cluster())
+            keys = self._bkv_member_keys = frozenset(k for k in found if k is not None)
+        return key in keys
+
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> Any:
+        self._bkv_member_keys = None
+        try:
+            return super()._SyncObj__doChangeCluster(request, reverse)
+        finally:
+            self._bkv_member_keys = None
+
+    def _SyncObj__updateClusterConfiguration(self, newNodes: Any) -> None:
+        self._bkv_member_keys = None
+        try:
+            super()._SyncObj__updateClusterConfiguration(newNodes)
+        finally:
+            self._bkv_member_keys = None
 
     @replicated  # type: ignore[untyped-decorator]
     def _bkv_apply(self, encoded: bytes) -> ApplyResult:

@@ -26,6 +26,7 @@ from vault_node.log_entries import encode_entry
 from vault_node.membership import Member, members_from_plain
 from vault_node.raft_core import SNAPSHOT_MEMBERS_KEY, TRUNCATION_MONITOR, VaultSyncObj
 from vault_node.state import AccountEntry, ApplyResult, Command, VaultState
+from vault_node.transport_cipher import LinkKey, LinkSecrets
 
 log = logging.getLogger("vault_node.raft")
 
@@ -76,6 +77,23 @@ class RaftConfig:
     bind_address: str | None = None  # listen here instead of self_address (NAT, containers)
     members: tuple[Member, ...] = ()  # the bootstrap list's descriptions (ids, gRPC addresses)
     audit_file: Path | None = None  # the audit trail; None means data_dir / "audit.jsonl"
+    # this node's own link key; None: the one ``config.load_transport_secret`` attached
+    link_key: LinkKey | None = field(default=None, repr=False)
+
+
+def _link_key(config: RaftConfig) -> LinkKey:
+    """This node's link key, checked against its own entry in the bootstrap list."""
+    key = config.link_key or getattr(config.transport_secret, "link_key", None)
+    if not isinstance(key, LinkKey):
+        raise RaftStartupError(
+            "no Raft link key: set link_key_file (or BKV_LINK_KEY); every member needs its own"
+        )
+    me = next((m for m in config.members if m.raft_address == config.self_address), None)
+    if me is not None and me.link_key and me.link_key != key.public_hex:
+        raise RaftStartupError(
+            "the link key does not match this node's link_public_key in [[peers]]"
+        )
+    return key
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,7 @@ class ReplicatedVault:
             raise RaftStartupError(
                 f"a transport secret of at least {MIN_TRANSPORT_SECRET_BYTES} bytes is required"
             )
+        link = LinkSecrets(bytes(secret), _link_key(config))
         self._config = config
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +189,7 @@ class ReplicatedVault:
         }
         try:
             self._obj = VaultSyncObj(
-                config.self_address, peers, conf_kwargs, journal, snapshot_path, audit,
+                config.self_address, peers, conf_kwargs, journal, snapshot_path, audit, link,
                 known_members={m.raft_address: m for m in config.members},
             )
             AdminEndpoint(self._obj).install()

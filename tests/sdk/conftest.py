@@ -28,6 +28,7 @@ from vault_node.hsm import FleetHsm, SoftwareMasterKey, init_fleet
 from vault_node.replication import RaftConfig, ReplicatedVault
 from vault_node.service import VaultService
 from vault_node.sessions import SessionTable
+from vault_node.transport_cipher import LinkKey
 
 ATTEMPT_LIMIT = 10
 
@@ -112,6 +113,7 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessVault]:
             peer_addresses=[raft_address],
             data_dir=tmp / "raft",
             transport_secret=secrets.token_bytes(32),
+            link_key=LinkKey.generate(),
         )
     )
     deadline = time.monotonic() + 15
