@@ -143,6 +143,10 @@ class ReplicatedVault:
                 f"a transport secret of at least {MIN_TRANSPORT_SECRET_BYTES} bytes is required"
             )
         link = LinkSecrets(bytes(secret), _link_key(config))
+        for member in config.members:
+            if not member.link_key:
+                log.warning("member %s has no link_public_key in [[peers]]: its Raft link "
+                            "is refused until it has one", member.node_id)
         self._config = config
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ check. What must still hold (``vault_node/pysyncobj_edge.py``):
   the connection's random key are refused; the nodes run with
   ``PYTHONOPTIMIZE=2``, which strips pysyncobj's own ``assert`` checks;
 * after ``member remove``, the removed member's key is refused by every remaining
-  member while the shard keeps committing.
+  member (new links at the handshake, a link opened before on its next frame)
+  while the shard keeps committing.
 
 Each attack ends with a registration and a recovery against the leader.
 """
@@ -331,12 +332,35 @@ def test_removed_member_is_refused_by_the_others(tmp_path: Path) -> None:
         # Control: before removal the victim's credential opens a link to every other member.
         for cfg in rest:
             _peer(cfg, victim).close()
-        out = subprocess.run(
+        # A link opened with the victim's key before the removal, kept busy during it.
+        watcher = rest[-1]
+        open_link = _peer(watcher, victim)
+        open_link.greet()
+        remove = subprocess.Popen(
             [*NODE_CMD, "member", "remove", "--config", rest[0]["config_path"], "--node-id",
              victim["node_id"], "--timeout", str(ADMIN_TIMEOUT)],
-            capture_output=True, text=True, timeout=120, env=clean_env(), check=False,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
         )
-        assert out.returncode == 0, out.stderr + shard.logs()
+        try:
+            cut = False
+            end = time.monotonic() + ADMIN_TIMEOUT
+            while time.monotonic() < end:  # one request every 0.2 s until the link is cut
+                try:
+                    open_link.send(["bkv_members", "local"])
+                    open_link.recv()
+                except (RefusedError, OSError):
+                    cut = True
+                    break
+                time.sleep(0.2)
+            _, stderr = remove.communicate(timeout=120)
+        finally:
+            open_link.close()
+            if remove.poll() is None:
+                remove.kill()
+        assert remove.returncode == 0, stderr + shard.logs()
+        assert cut, "the removed member's open link kept working"
+        log = (shard.state / f"{watcher['node_id']}.log").read_text()
+        assert "link key is no longer a member's" in log  # cut for the removal, not a timeout
         expected = sorted(c["node_id"] for c in rest)
         end = time.monotonic() + ADMIN_TIMEOUT
         for cfg in rest:  # every remaining member has the removal in its log
