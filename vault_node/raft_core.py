@@ -157,17 +157,26 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
             conn.bkv_expected_peer = self._syncObj.bkv_link_key_of(node)
 
     def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
-        if conn.sendRandKey and not isinstance(message, list):
-            # past the random-key exchange, a peer names the member it is
-            node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
-            key = None if node is None else self._syncObj.bkv_link_key_of(node)
-            peer = getattr(conn, "bkv_peer_key", None)
-            if key is None or peer is None or key != peer:
-                log.warning("raft link: a peer claimed a member address its key does not own")
-                conn.disconnect()
-                self._unknownConnections.discard(conn)
-                return
+        if conn.sendRandKey:
+            # past the random-key exchange: an admin command, or the member it claims to be
+            if isinstance(message, list):
+                known = self._onUtilityMessageCallbacks
+                if not (message and isinstance(message[0], str) and message[0] in known):
+                    self._bkv_refuse(conn, "unknown admin command")
+                    return
+            else:
+                node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
+                key = None if node is None else self._syncObj.bkv_link_key_of(node)
+                peer = getattr(conn, "bkv_peer_key", None)
+                if key is None or peer is None or key != peer:
+                    self._bkv_refuse(conn, "a peer claimed a member address its key does not own")
+                    return
         super()._onIncomingMessageReceived(conn, message)
+
+    def _bkv_refuse(self, conn: Any, reason: str) -> None:
+        log.warning("raft link: dropping a connection: %s", reason)
+        conn.disconnect()
+        self._unknownConnections.discard(conn)
 
     def _journal(self) -> DurableJournal:
         journal: DurableJournal = self._syncObj.bkv_journal

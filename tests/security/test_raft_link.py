@@ -200,6 +200,9 @@ def optimized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
                 assert b"PYTHONOPTIMIZE=2" in environ
             yield c
+            # every attack was refused by the link, none escaped into the Raft thread
+            logs = "".join(p.read_text(errors="replace") for p in c.state.glob("*.log"))
+            assert "raft tick failed" not in logs and "Traceback" not in logs
 
 
 def _peer(target: dict[str, Any], thief: dict[str, Any]) -> HostilePeer:
@@ -309,6 +312,21 @@ def test_a_peer_may_not_claim_another_members_address(optimized: Cluster) -> Non
         peer.greet()
         peer.send(third["raft_address"])  # "I am the third member" with the thief's key
         assert peer.closed_by_node(), "a member posed as another member"
+    finally:
+        peer.close()
+    _still_serves(optimized)
+
+
+@pytest.mark.parametrize("command", [["add", "127.0.0.1:1"], [["nested"]], [], {"type": "x"}])
+def test_unknown_or_malformed_admin_commands_drop_the_link(optimized: Cluster,
+                                                           command: Any) -> None:
+    """pysyncobj's own (switched-off) commands and malformed ones end the connection."""
+    target, thief, _ = _roles(optimized)
+    peer = _peer(target, thief)
+    try:
+        peer.greet()
+        peer.send(command)
+        assert peer.closed_by_node(), f"{command!r} was not refused"
     finally:
         peer.close()
     _still_serves(optimized)
