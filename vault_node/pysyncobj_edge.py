@@ -32,8 +32,10 @@ connection's key with an exact counter check, the sender's link key is checked
 to still belong to a current member, the payload is decompressed with a hard
 output limit (:data:`MAX_MESSAGE_BYTES`), unpickled with the restricted codec,
 and pysyncobj's per-connection random key is compared with
-``hmac.compare_digest``. Every check is an ``if``/``raise``: ``python -O``
-strips pysyncobj's ``assert`` checks, not these.
+``hmac.compare_digest``. A chunked entry (pysyncobj's "transmission", which it
+reassembles without limit) may not grow past :data:`MAX_ENTRY_TRANSMISSION_BYTES`.
+Every check is an ``if``/``raise``: ``python -O`` strips pysyncobj's ``assert``
+checks, not these.
 
 Limits: the largest frame a node legitimately receives is an AppendEntries batch
 (pysyncobj's ``appendEntriesBatchSizeBytes``, 64 KiB, plus at most one entry
@@ -80,6 +82,10 @@ PYSYNCOBJ_VERSION = "0.3.17"
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 ADMIN_MAX_MESSAGE_BYTES = 1024 * 1024 * 1024  # a whole-state snapshot reply, to the operator
+# A log entry is one vault command (its gRPC request is at most 64 KiB) or a JSON
+# membership change; only entries over pysyncobj's 64 KiB batch size travel as a
+# chunked "transmission", which pysyncobj reassembles without limit.
+MAX_ENTRY_TRANSMISSION_BYTES = 16 * 1024 * 1024
 MAX_PENDING_MESSAGES = 64  # queued before the handshake ends; pysyncobj sends one or two
 _LENGTH = struct.Struct("<I")
 _COMPRESS_LEVEL = 3  # pysyncobj's choice
@@ -302,6 +308,7 @@ class LinkConnection(_StockConnection):  # type: ignore[misc]
         self._bkv_session: LinkSession | None = None
         self._bkv_initiator: Initiator | None = None
         self._bkv_pending: list[bytes] = []
+        self._bkv_transmitted = 0  # bytes of the chunked entry this peer is sending
         self.bkv_peer_key = None
 
     # ---- pysyncobj's interface -------------------------------------------------------------
@@ -433,7 +440,20 @@ class LinkConnection(_StockConnection):  # type: ignore[misc]
                     and hmac.compare_digest(message[0], self.recvRandKey)):
                 raise LinkError("frame without this connection's random key")
             message = message[1]
+        self._bkv_count_transmission(message)
         return message
+
+    def _bkv_count_transmission(self, message: Any) -> None:
+        """A peer may not stream one chunked entry past MAX_ENTRY_TRANSMISSION_BYTES."""
+        if not (isinstance(message, dict) and "transmission" in message):
+            return
+        data = message.get("data")
+        size = len(data) if isinstance(data, bytes) else 0
+        start = message.get("transmission") == "start"
+        self._bkv_transmitted = size + (0 if start else self._bkv_transmitted)
+        if self._bkv_transmitted > MAX_ENTRY_TRANSMISSION_BYTES:
+            raise LinkError("chunked entry larger than "
+                            f"{MAX_ENTRY_TRANSMISSION_BYTES} bytes")
 
     # ---- writing ------------------------------------------------------------------------
 

@@ -67,13 +67,18 @@ from vault_node.membership import (
     members_from_plain,
     members_to_plain,
 )
-from vault_node.pysyncobj_edge import LinkConnection, LinkPolicy  # installs the hooks
+from vault_node.pysyncobj_edge import (  # importing it installs the hooks
+    MAX_ENTRY_TRANSMISSION_BYTES,
+    LinkConnection,
+    LinkPolicy,
+)
 from vault_node.state import ApplyResult, Command, Outcome, VaultState
 from vault_node.transport_cipher import LinkSecrets
 
 log = logging.getLogger("vault_node.raft")
 
 _TRUNCATION_TEXT = "truncating already-applied log entries"
+MAX_TRANSMISSION_BYTES = MAX_ENTRY_TRANSMISSION_BYTES
 SNAPSHOT_MEMBERS_KEY = "raft_members"
 
 
@@ -150,6 +155,10 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
     the member whose key it authenticated with (never a read-only node).
     """
 
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
+        self._bkv_transmitted = 0  # bytes of the chunked entry being received
+        super().__init__(syncObj, selfNode, otherNodes)
+
     def addNode(self, node: Any) -> None:
         super().addNode(node)
         conn = self._connections.get(node)
@@ -198,6 +207,8 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         super().setOnMessageReceivedCallback(functools.partial(self._filtered, callback))
 
     def _filtered(self, callback: Callable[..., Any], node: Any, message: Any) -> None:
+        if not self._bkv_transmission_ok(message):
+            return  # the connection that sent it is cut by LinkConnection's own count
         ack = None
         if (
             isinstance(message, dict)
@@ -211,6 +222,25 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         callback(node, message)
         if ack is not None:
             self.send(node, ack)
+
+
+    def _bkv_transmission_ok(self, message: Any) -> bool:
+        """Bound pysyncobj's reassembly of a large entry (one ``__recvTransmission`` buffer
+        for all peers, grown without limit): chunks past :data:`MAX_TRANSMISSION_BYTES`
+        since the last "start", from whichever connections, are not delivered."""
+        if not (isinstance(message, dict) and message.get("type") == "append_entries"
+                and "transmission" in message):
+            return True
+        data = message.get("data")
+        if not isinstance(data, bytes):
+            return False
+        start = message["transmission"] == "start"
+        self._bkv_transmitted = len(data) + (0 if start else self._bkv_transmitted)
+        if self._bkv_transmitted > MAX_TRANSMISSION_BYTES:
+            log.warning("raft link: ignoring an entry transmission past %d bytes",
+                        MAX_TRANSMISSION_BYTES)
+            return False
+        return True
 
 
 class VaultSyncObj(SyncObj):  # type: ignore[misc]

@@ -317,6 +317,33 @@ def test_a_peer_may_not_claim_another_members_address(optimized: Cluster) -> Non
     _still_serves(optimized)
 
 
+def test_endless_entry_transmission_is_cut(optimized: Cluster) -> None:
+    """A member streaming one "large entry" forever is dropped at 16 MiB, memory bounded."""
+    target, thief, pid = _roles(optimized)
+    before = _peak_rss(pid)
+    peer = _peer(target, thief)
+    try:
+        peer.greet()
+        peer.send(thief["raft_address"])  # the member its key belongs to
+        chunk = os.urandom(64 * 1024)  # incompressible, like pysyncobj's chunks of a pickle
+        cut = False
+        for i in range(20 * 16):  # 20 MiB at most
+            kind = "start" if i == 0 else "process"
+            try:
+                peer.send({"type": "append_entries", "transmission": kind, "data": chunk,
+                           "term": 0, "commit_index": 0, "prevLogIdx": 0, "prevLogTerm": 0})
+            except OSError:
+                cut = True
+                break
+        cut = cut or peer.closed_by_node()
+        assert cut, "the node kept reassembling an endless entry"
+    finally:
+        peer.close()
+    growth = _peak_rss(pid) - before
+    assert growth < RSS_GROWTH_LIMIT, f"peak RSS grew by {growth} bytes"
+    _still_serves(optimized)
+
+
 @pytest.mark.parametrize("command", [["add", "127.0.0.1:1"], [["nested"]], [], {"type": "x"}])
 def test_unknown_or_malformed_admin_commands_drop_the_link(optimized: Cluster,
                                                            command: Any) -> None:
