@@ -7,8 +7,11 @@ check. What must still hold (``vault_node/pysyncobj_edge.py``):
 
 * a frame whose payload is a pickle with ``__reduce__`` never runs code: the
   connection is dropped, the marker file never appears, the node keeps serving;
-* a decompression bomb (1 GiB of zeros, about 1 MiB compressed) and a frame
-  announcing 2 GiB are refused without the node's memory growing;
+* a decompression bomb (1 GiB of zeros, about 1 MiB compressed), a frame
+  announcing 2 GiB and a chunked entry streamed past 16 MiB are refused without
+  the node's memory growing;
+* a member may not pose as another member, nor send pysyncobj's switched-off or
+  malformed admin commands;
 * a replayed frame (in the same connection or in a new one) and a frame without
   the connection's random key are refused; the nodes run with
   ``PYTHONOPTIMIZE=2``, which strips pysyncobj's own ``assert`` checks;
