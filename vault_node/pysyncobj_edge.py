@@ -108,6 +108,7 @@ HOOKED_FUNCTIONS: dict[str, tuple[str, ...]] = {
     _C + "connect": ("self", "host", "port"),
     _C + "disconnect": ("self",),
     _C + "setOnConnectedCallback": ("self", "onConnected"),
+    _C + "setOnMessageReceivedCallback": ("self", "onMessageReceived"),
     _C + "_TcpConnection__processConnection": ("self", "descr", "eventType"),
     _C + "_TcpConnection__processParseMessage": ("self",),
     _C + "_TcpConnection__tryReadBuffer": ("self",),
@@ -152,7 +153,9 @@ HOOKED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
                       "sendRandKey", "recvRandKey", "encryptor"),
     _C + "_TcpConnection__processConnection": ("_TcpConnection__tryReadBuffer",
                                                "_TcpConnection__processParseMessage",
-                                               "_TcpConnection__onConnected"),
+                                               "_TcpConnection__onConnected",
+                                               "_TcpConnection__onMessageReceived"),
+    _C + "setOnMessageReceivedCallback": ("_TcpConnection__onMessageReceived",),
     _C + "_TcpConnection__processRead": ("_TcpConnection__readBuffer",),
     _T + "__init__": ("_syncObj", "_connections", "_nodeAddrToNode"),
     _T + "addNode": ("TcpConnection",),
@@ -301,8 +304,9 @@ class LinkConnection(_StockConnection):  # type: ignore[misc]
         self._bkv_dialling = socket is None
         self._bkv_recv_size = recvBufferSize
         self._bkv_reset()
-        super().__init__(poller, onMessageReceived, self._bkv_socket_connected, onDisconnected,
-                         socket, timeout, sendBufferSize, recvBufferSize, keepalive)
+        super().__init__(poller, self._bkv_guarded(onMessageReceived),
+                         self._bkv_socket_connected, onDisconnected, socket, timeout,
+                         sendBufferSize, recvBufferSize, keepalive)
 
     def _bkv_reset(self) -> None:
         self._bkv_session: LinkSession | None = None
@@ -316,6 +320,28 @@ class LinkConnection(_StockConnection):  # type: ignore[misc]
     def setOnConnectedCallback(self, onConnected: Any) -> None:
         """pysyncobj's "connected" fires once the handshake has authenticated the peer."""
         self._bkv_user_connected = onConnected
+
+    def setOnMessageReceivedCallback(self, onMessageReceived: Any) -> None:
+        super().setOnMessageReceivedCallback(self._bkv_guarded(onMessageReceived))
+
+    def _bkv_guarded(self, callback: Any) -> Any:
+        """Deliver to pysyncobj; a message it chokes on drops this connection, not the tick.
+
+        pysyncobj indexes messages without checking them (``message['term']``), so a
+        member's malformed message would otherwise raise out of the Raft thread's tick.
+        Only the errors of a malformed message are caught; disk or internal errors
+        (``OSError``, ``RuntimeError``) still propagate.
+        """
+        if callback is None:
+            return None
+
+        def deliver(message: Any) -> None:
+            try:
+                callback(message)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+                self._bkv_refuse(f"a message pysyncobj could not handle ({type(err).__name__})")
+
+        return deliver
 
     def connect(self, host: Any, port: Any) -> bool:
         self._bkv_reset()

@@ -11,7 +11,7 @@ check. What must still hold (``vault_node/pysyncobj_edge.py``):
   announcing 2 GiB and a chunked entry streamed past 16 MiB are refused without
   the node's memory growing;
 * a member may not pose as another member, nor send pysyncobj's switched-off or
-  malformed admin commands;
+  malformed admin commands, nor Raft messages pysyncobj can't handle;
 * a replayed frame (in the same connection or in a new one) and a frame without
   the connection's random key are refused; the nodes run with
   ``PYTHONOPTIMIZE=2``, which strips pysyncobj's own ``assert`` checks;
@@ -39,11 +39,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.vault.conftest import (
     NODE_CMD,
     Cluster,
+    VaultCallError,
     VaultTestClient,
     clean_env,
     started_cluster,
@@ -173,14 +175,26 @@ def _peak_rss(pid: int) -> int:
 
 
 def _still_serves(cluster: Cluster) -> None:
-    """A registration and a recovery go through the leader, committed by the shard."""
-    client = VaultTestClient(cluster.wait_for_leader(), cluster.fleet_public_key)
-    try:
-        account, key = f"acct-{secrets.token_hex(6)}", secrets.token_bytes(32)
-        assert client.register(account, b"link pw", key) > 0
-        assert client.recover(account, b"link pw") == key
-    finally:
-        client.close()
+    """A registration and a recovery go through the leader, committed by the shard.
+
+    An attack that posed as a member (its address) cut that member off for a moment,
+    which may start an election: a try that meets a leader change is repeated with a
+    new account once a leader is agreed again (bounded).
+    """
+    problems: list[str] = []
+    for _ in range(5):
+        client = VaultTestClient(cluster.wait_for_leader(), cluster.fleet_public_key)
+        try:
+            account, key = f"acct-{secrets.token_hex(6)}", secrets.token_bytes(32)
+            assert client.register(account, b"link pw", key) > 0
+            assert client.recover(account, b"link pw") == key
+            return
+        except (VaultCallError, grpc.RpcError) as err:
+            problems.append(str(err).splitlines()[0])
+            time.sleep(1.0)
+        finally:
+            client.close()
+    pytest.fail(f"the shard did not serve after the attack: {problems}")
 
 
 def _roles(cluster: Cluster) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -344,6 +358,22 @@ def test_endless_entry_transmission_is_cut(optimized: Cluster) -> None:
         peer.close()
     growth = _peak_rss(pid) - before
     assert growth < RSS_GROWTH_LIMIT, f"peak RSS grew by {growth} bytes"
+    _still_serves(optimized)
+
+
+@pytest.mark.parametrize("message", [{"type": "append_entries"}, {"type": "request_vote"},
+                                     {"type": "next_node_idx", "next_node_idx": "x"}])
+def test_malformed_raft_messages_drop_the_link(optimized: Cluster, message: Any) -> None:
+    """pysyncobj indexes messages unchecked; a malformed one ends the link, not the tick."""
+    target, thief, _ = _roles(optimized)
+    peer = _peer(target, thief)
+    try:
+        peer.greet()
+        peer.send(thief["raft_address"])
+        peer.send(message)
+        assert peer.closed_by_node(), f"{message!r} was not refused"
+    finally:
+        peer.close()
     _still_serves(optimized)
 
 
