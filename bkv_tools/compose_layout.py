@@ -3,7 +3,8 @@
 ``prepare`` runs on the host, once per state folder (default ``deploy/state/``,
 git-ignored), and never overwrites a secret::
 
-    secrets/  (0700) master.key, transport.secret, token-signing.key (0600)
+    secrets/  (0700) master.key, transport.secret, token-signing.key (0600),
+              link/<node>.key: each node's own Raft link key (0600)
     fleet/fleet.sealed        made by ``bkv-vault-node init-fleet``
     config/<service>.toml     node and ChatD configs, paths as seen inside the containers
     compose.env               BKV_STATE and the published ChatD ports (``--env-file``)
@@ -52,6 +53,7 @@ from bkv_tools.launcher_layout import (
     create_secrets,
     free_ports,
     init_fleet,
+    node_link_key,
     tls_config_keys,
 )
 from client_sdk.config import ClientConfig
@@ -84,13 +86,19 @@ def port_variable(chatd: str) -> str:
 
 
 def node_config(name: str, datacenter: str, attempt_limit: int,
-                allow_identity_ksf: bool = False) -> dict[str, Any]:
+                allow_identity_ksf: bool = False,
+                link_keys: dict[str, str] | None = None) -> dict[str, Any]:
     """One vault node's TOML content (single shard), with in-container paths.
 
-    ``allow_identity_ksf`` is for test deployments only (fast fault-injection runs).
+    ``link_keys``: node name -> link public key (hex) for ``[[peers]]``; each node's
+    private key is its own compose secret. ``allow_identity_ksf`` is for test
+    deployments only (fast fault-injection runs).
     """
+    keys = link_keys or {}
     peers = [{"node_id": n, "datacenter": dc, "raft_address": f"{n}:{RAFT_PORT}",
-              "grpc_address": f"{n}:{GRPC_PORT}"} for n, dc in node_names()]
+              "grpc_address": f"{n}:{GRPC_PORT}",
+              **({"link_public_key": keys[n]} if n in keys else {})}
+             for n, dc in node_names()]
     return {
         "node_id": name,
         "datacenter": datacenter,
@@ -103,6 +111,7 @@ def node_config(name: str, datacenter: str, attempt_limit: int,
         "fleet_file": str(IN_CONTAINER_SECRETS / "fleet_sealed"),
         "master_key_file": str(IN_CONTAINER_SECRETS / "master_key"),
         "transport_secret_file": str(IN_CONTAINER_SECRETS / "transport_secret"),
+        "link_key_file": str(IN_CONTAINER_SECRETS / "link_key"),
         "attempt_limit": attempt_limit,
         "allow_identity_ksf": allow_identity_ksf,
         "log_format": "json",
@@ -164,9 +173,10 @@ def prepare(state_dir: Path, *, attempt_limit: int = 10,
     tls_keys = tls_config_keys(IN_CONTAINER_TLS) if use_tls else {}
 
     config_dir = state_dir / "config"
+    link_keys = {name: node_link_key(state_dir / "secrets", name)[1] for name, _ in node_names()}
     for name, dc in node_names():
         toml = tomli_w.dumps(node_config(name, dc, int(layout["attempt_limit"]),
-                                         allow_identity_ksf) | tls_keys)
+                                         allow_identity_ksf, link_keys) | tls_keys)
         (config_dir / f"{name}.toml").write_text(toml, "utf-8")
     signing = bytes.fromhex(
         (state_dir / "secrets" / "token-signing.key").read_text("ascii").strip()

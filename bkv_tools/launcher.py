@@ -4,7 +4,8 @@ Per shard, 5 vault nodes spread over 3 data centers (dc1: 2, dc2: 2, dc3: 1) and
 one ChatD per data center in front of every shard. Everything lives in one
 state directory so a second ``up`` reuses the same ports, secrets and data:
 
-    secrets/  (0700) master.key, transport.secret, token-signing.key (0600)
+    secrets/  (0700) master.key, transport.secret, token-signing.key (0600),
+              link/<node>.key: each node's own Raft link key (0600)
     fleet/fleet.sealed   config/*.toml   nodes/<id>/   logs/<name>.log
     pids/<name>.pid      cluster.json (layout)         client.toml
 

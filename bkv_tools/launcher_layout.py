@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bkv_ops import tls, tls_certs
 from bkv_protocol import tokens
@@ -118,6 +119,23 @@ def create_secrets(secrets_dir: Path) -> None:
                  lambda: tokens.generate_signing_key()[0].hex() + "\n")
 
 
+LINK_KEY_DIR = "link"
+
+
+def node_link_key(secrets_dir: Path, node_id: str) -> tuple[Path, str]:
+    """A node's own Raft link key file (made once, 0600) and its public key in hex.
+
+    Each node's key is its credential on the Raft link; the public halves go into
+    every node's ``[[peers]]`` (format: 64 hex digits, ``bkv-vault-node link-key``).
+    """
+    folder = secrets_dir / LINK_KEY_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{node_id}.key"
+    write_secret(path, lambda: X25519PrivateKey.generate().private_bytes_raw().hex() + "\n")
+    private = X25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text("ascii").strip()))
+    return path, private.public_key().public_bytes_raw().hex()
+
+
 TLS_DIR = "tls"
 OPS_CERT_NAME = "ops"
 
@@ -184,8 +202,10 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
     secrets_dir = state_dir / "secrets"
     use_tls = bool(layout.get("tls"))
     config_dir = state_dir / "config"
+    link_keys = {n["node_id"]: node_link_key(secrets_dir, n["node_id"]) for n in layout["nodes"]}
     for node in layout["nodes"]:
-        peers = [{k: p[k] for k in ("node_id", "datacenter", "raft_address", "grpc_address")}
+        peers = [{**{k: p[k] for k in ("node_id", "datacenter", "raft_address", "grpc_address")},
+                  "link_public_key": link_keys[p["node_id"]][1]}
                  for p in layout["nodes"] if p["shard"] == node["shard"]]
         cfg = {
             **{k: node[k] for k in ("node_id", "datacenter", "shard", "grpc_address",
@@ -194,6 +214,7 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
             "fleet_file": str(state_dir / "fleet" / "fleet.sealed"),
             "master_key_file": str(secrets_dir / "master.key"),
             "transport_secret_file": str(secrets_dir / "transport.secret"),
+            "link_key_file": str(link_keys[node["node_id"]][0]),
             "attempt_limit": layout["attempt_limit"],
             "allow_identity_ksf": layout["allow_identity_ksf"],
             "log_format": "json",

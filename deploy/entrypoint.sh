@@ -8,7 +8,7 @@ set -eu
 
 if [ "$(id -u)" = 0 ]; then
     install -d -m 0700 -o bkv -g bkv /run/bkv
-    for name in master_key transport_secret fleet_sealed; do
+    for name in master_key transport_secret fleet_sealed link_key; do
         if [ -f "/run/secrets/$name" ]; then
             install -m 0400 -o bkv -g bkv "/run/secrets/$name" "/run/bkv/$name"
         fi

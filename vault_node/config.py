@@ -19,8 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
 TRANSPORT_SECRET_ENV = "BKV_TRANSPORT_SECRET"  # noqa: S105 (a variable name)
+LINK_KEY_ENV = "BKV_LINK_KEY"
 MIN_TRANSPORT_SECRET_BYTES = 16
+
+
+LINK_PUBLIC_KEY_BYTES = 32
 
 
 class ConfigError(ValueError):
@@ -35,6 +41,7 @@ class PeerConfig:
     datacenter: str
     raft_address: str
     grpc_address: str
+    link_public_key: str = ""  # hex X25519 key the member's Raft frames are sealed with
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class NodeConfig:
     master_key_file: Path | None
     transport_secret_file: Path | None
     peers: tuple[PeerConfig, ...]
+    link_key_file: Path | None = None  # this node's private link key (0600); or $BKV_LINK_KEY
     attempt_limit: int = 10
     session_ttl_seconds: float = 30.0
     max_sessions: int = 10_000
@@ -126,6 +134,8 @@ class NodeConfig:
                     datacenter=p.string("datacenter"),
                     raft_address=p.address("raft_address"),
                     grpc_address=p.address("grpc_address"),
+                    link_public_key=p.link_key("link_public_key") if "link_public_key" in item
+                    else "",
                 )
             )
         cfg = cls(
@@ -139,6 +149,7 @@ class NodeConfig:
             master_key_file=r.optional_path("master_key_file"),
             transport_secret_file=r.optional_path("transport_secret_file"),
             peers=tuple(peers),
+            link_key_file=r.optional_path("link_key_file"),
             attempt_limit=r.integer("attempt_limit", 1, 100, default=10),
             session_ttl_seconds=r.number("session_ttl_seconds", 1.0, 600.0, default=30.0),
             max_sessions=r.integer("max_sessions", 1, 1_000_000, default=10_000),
@@ -179,6 +190,9 @@ class NodeConfig:
             raise ConfigError(f"{where}: duplicate node_id in [[peers]]")
         if len({p.raft_address for p in self.peers}) != len(ids):
             raise ConfigError(f"{where}: duplicate raft_address in [[peers]]")
+        keys = [p.link_public_key for p in self.peers if p.link_public_key]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"{where}: duplicate link_public_key in [[peers]]")
         me = [p for p in self.peers if p.node_id == self.node_id]
         if not me:
             raise ConfigError(f"{where}: [[peers]] must include this node ({self.node_id})")
@@ -258,6 +272,19 @@ class _Reader:
         if not is_host_port(value):
             raise ConfigError(f"{self._where}: {key!r} must be host:port, got {value!r}")
         return value
+
+    def link_key(self, key: str) -> str:
+        """A link public key (64 hex digits of an X25519 public key), in lower case."""
+        try:
+            raw = bytes.fromhex(self.string(key).strip())
+            if len(raw) != LINK_PUBLIC_KEY_BYTES:
+                raise ValueError
+            X25519PublicKey.from_public_bytes(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{self._where}: {key!r}: a link public key must be 64 hex digits"
+            ) from None
+        return raw.hex()
 
     def optional_address(self, key: str) -> str:
         """``host:port`` if the key is present, else "" (the caller's default applies)."""

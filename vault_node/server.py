@@ -21,6 +21,7 @@ from vault_node.hsm.fleet import FleetHsm, HsmError
 from vault_node.hsm.pkcs11 import load_master_key
 from vault_node.raft.membership import bootstrap_members
 from vault_node.raft.replication import RaftConfig, RaftStartupError, ReplicatedVault
+from vault_node.raft.transport_cipher import LinkKey, load_link_key
 from vault_node.service.health import can_answer, vault_health
 from vault_node.service.metrics import VaultMetrics
 from vault_node.service.sessions import SessionTable
@@ -45,6 +46,7 @@ class StartupError(Exception):
 class _Prepared:
     hsm: FleetHsm
     transport_secret: bytes
+    link_key: LinkKey
 
 
 def prepare(cfg: NodeConfig) -> _Prepared:
@@ -65,7 +67,11 @@ def prepare(cfg: NodeConfig) -> _Prepared:
         hsm = FleetHsm.open_fleet(master, blob)
     except HsmError:
         raise StartupError("master key does not open the fleet file") from None
-    return _Prepared(hsm, secret)
+    try:
+        link_key = load_link_key(cfg)
+    except ConfigError as err:
+        raise StartupError(str(err)) from None
+    return _Prepared(hsm, secret, link_key)
 
 
 class VaultNode:
@@ -83,6 +89,7 @@ class VaultNode:
                     peer_addresses=[p.raft_address for p in cfg.other_peers],
                     data_dir=cfg.data_dir,
                     transport_secret=prepared.transport_secret,
+                    link_key=prepared.link_key,
                     commit_timeout=cfg.commit_timeout_seconds,
                     bind_address=cfg.raft_bind,
                     audit_file=cfg.audit_file,

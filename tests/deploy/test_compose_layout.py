@@ -37,6 +37,8 @@ def test_node_configs_load_and_address_peers_by_service_name(state: Path) -> Non
         # secrets are read from the memory-only copy the entry point makes
         assert cfg.master_key_file == Path("/run/bkv/master_key")
         assert cfg.transport_secret_file == Path("/run/bkv/transport_secret")
+        assert cfg.link_key_file == Path("/run/bkv/link_key")
+        assert all(p.link_public_key for p in cfg.peers)
 
 
 def test_chatd_and_client_configs(state: Path) -> None:
@@ -56,6 +58,8 @@ def test_secrets_are_private_and_kept_on_a_second_run(state: Path) -> None:
     secret_files = [state / "secrets" / f for f in
                     ("master.key", "transport.secret", "token-signing.key")]
     secret_files.append(state / "fleet" / "fleet.sealed")
+    secret_files += [state / "secrets" / "link" / f"{n}.key"
+                     for n, _ in compose_layout.node_names()]
     before = {f: f.read_bytes() for f in secret_files}
     env_before = (state / "compose.env").read_text()
     for f in secret_files:
@@ -72,14 +76,18 @@ def test_compose_file_matches_the_layout() -> None:
     doc = yaml.safe_load(COMPOSE_FILE.read_text())
     services = doc["services"]
     assert set(doc["networks"]) == {"dc1", "dc2", "dc3", "wan"}
-    assert set(doc["secrets"]) == {"master_key", "transport_secret", "fleet_sealed"}
+    shared = {"master_key", "transport_secret", "fleet_sealed"}
+    link_keys = {f"link_key_{n.replace('-', '_')}" for n, _ in compose_layout.node_names()}
+    assert set(doc["secrets"]) == shared | link_keys
     for name, dc in compose_layout.node_names():
         svc = services[name]
         assert svc["networks"] == [dc, "wan"]
         assert "extra_hosts" not in svc  # the listen keys replace the name mapping
         assert f"/config/{name}.toml:/etc/bkv/node.toml:ro" in svc["volumes"][0]
         assert svc["volumes"][1] == f"{name}:/var/lib/bkv"
-        assert set(svc["secrets"]) == set(doc["secrets"])
+        # the shared secrets, and this node's own link key only
+        own = {"source": f"link_key_{name.replace('-', '_')}", "target": "link_key"}
+        assert svc["secrets"] == ["master_key", "transport_secret", "fleet_sealed", own]
         assert svc["command"][0] == "bkv-vault-node" and "healthcheck" in svc
     for name, dc in compose_layout.chatd_names():
         svc = services[name]

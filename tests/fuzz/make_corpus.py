@@ -26,7 +26,8 @@ from tests.fuzz import targets as t
 from vault_node import state as st
 from vault_node.raft import log_entries as le
 from vault_node.raft.journal import DurableJournal, write_snapshot
-from vault_node.raft.transport_cipher import TransportCipher
+from vault_node.raft.pysyncobj_edge import encode_message
+from vault_node.raft.transport_cipher import LinkSession
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -95,8 +96,9 @@ def _journal() -> list[bytes]:
 
 
 def _transport_frame() -> list[bytes]:
-    cipher = TransportCipher(t.TRANSPORT_SECRET)
-    return [cipher.encrypt_at_time(b"\x80\x04pickled message", 0) for _ in range(2)]
+    messages = [{"type": "append_entries", "term": 3, "entries": [(b"\x01entry", 7, 3)]},
+                (os.urandom(32), ["bkv_members", "local"])]
+    return [LinkSession(t.LINK_KEY, t.LINK_KEY).seal(encode_message(m)) for m in messages]
 
 
 def _age_files() -> list[bytes]:

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-
 from bkv_protocol import opaque_messages as om
 from bkv_protocol import sealing, tokens
 from bkv_protocol.errors import ProtocolError
@@ -31,7 +29,8 @@ from client_sdk.keys import BackupKey
 from vault_node import state as st
 from vault_node.raft import log_entries as le
 from vault_node.raft.journal import DurableJournal, read_snapshot
-from vault_node.raft.transport_cipher import TransportCipher
+from vault_node.raft.pysyncobj_edge import decode_message
+from vault_node.raft.transport_cipher import LinkError, LinkSession
 
 
 def fixed(label: str) -> bytes:
@@ -124,12 +123,12 @@ def _journal(data: bytes) -> None:
         journal._destroy()
 
 
-_CIPHER = TransportCipher(TRANSPORT_SECRET)
+LINK_KEY = fixed("link session")  # one direction's key of an established link connection
 
 
 def _transport_frame(data: bytes) -> None:
-    _CIPHER.extract_timestamp(data)
-    _CIPHER.decrypt(data)
+    """The first data frame of a connection: opened, decompressed (bounded), unpickled."""
+    decode_message(LinkSession(LINK_KEY, LINK_KEY).open(data))
 
 
 def _age_header(data: bytes) -> None:
@@ -166,8 +165,8 @@ TARGETS: dict[str, Target] = {
         Target("state_command", _state_command, ()),
         # read_snapshot documents nothing narrower; replication refuses to start on these.
         Target("journal", _journal, (RuntimeError, ValueError, KeyError, TypeError)),
-        # pysyncobj drops the connection on any error from decrypt; these are the two it gets.
-        Target("transport_frame", _transport_frame, (ValueError, InvalidTag)),
+        # the link connection drops the peer on LinkError, its only refusal
+        Target("transport_frame", _transport_frame, (LinkError,)),
         Target("age_header", _age_header, (age.AgeError,)),
         Target("age_decrypt", _age_decrypt, (age.AgeError,)),
         Target("age_stream", _age_stream, (age.DamagedFileError,)),

@@ -17,8 +17,10 @@ from vault_node.raft.replication import (
     RaftStartupError,
     ReplicatedVault,
 )
+from vault_node.raft.transport_cipher import LinkKey
 
 SECRET = os.urandom(32)
+KEY = LinkKey.generate()
 
 
 def _port() -> int:
@@ -29,7 +31,8 @@ def _port() -> int:
 
 def _config(data_dir: Path, address: str, secret: bytes = SECRET, **kw: object) -> RaftConfig:
     return RaftConfig(node_id="solo", self_address=address, peer_addresses=[address],
-                      data_dir=data_dir, transport_secret=secret, **kw)  # type: ignore[arg-type]
+                      data_dir=data_dir, transport_secret=secret, link_key=KEY,
+                      **kw)  # type: ignore[arg-type]
 
 
 def _wait_leader(vault: ReplicatedVault) -> None:

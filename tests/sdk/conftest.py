@@ -26,6 +26,7 @@ from client_sdk.vault_transport import map_status
 from vault_node.config import NodeConfig
 from vault_node.hsm.fleet import FleetHsm, SoftwareMasterKey, init_fleet
 from vault_node.raft.replication import RaftConfig, ReplicatedVault
+from vault_node.raft.transport_cipher import LinkKey
 from vault_node.service.sessions import SessionTable
 from vault_node.service.vault import VaultService
 
@@ -112,6 +113,7 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessVault]:
             peer_addresses=[raft_address],
             data_dir=tmp / "raft",
             transport_secret=secrets.token_bytes(32),
+            link_key=LinkKey.generate(),
         )
     )
     deadline = time.monotonic() + 15

@@ -43,6 +43,7 @@ from vault_node.raft.audit import (
     read_audit,
 )
 from vault_node.raft.replication import RaftConfig, ReplicatedVault
+from vault_node.raft.transport_cipher import LinkKey
 
 WAIT_SECONDS = 30.0
 
@@ -176,7 +177,8 @@ def _port() -> int:
 def test_single_node_restart_replays_without_duplicates(tmp_path: Path) -> None:
     address = f"127.0.0.1:{_port()}"
     config = RaftConfig(node_id="solo", self_address=address, peer_addresses=[],
-                        data_dir=tmp_path, transport_secret=os.urandom(32), fsync=False)
+                        data_dir=tmp_path, transport_secret=os.urandom(32), fsync=False,
+                        link_key=LinkKey.generate())
     put, attempt = _commands()[:2]
     for round_ in range(2):
         with ReplicatedVault(config) as vault:

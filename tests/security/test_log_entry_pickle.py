@@ -3,8 +3,10 @@
 A pickle that names a global (here ``os.system``) is how bytes become code. Such
 an entry can come from a tampered journal on a node's disk (the disk is not
 trusted, DESIGN §6) or from an authenticated peer gone bad. The guard is
-``vault_node.raft.safe_pickle``, installed as pysyncobj's pickle module by
-``vault_node.raft.core``; membership entries are JSON so they need no global.
+``vault_node.raft.safe_pickle``, installed by ``vault_node.raft.pysyncobj_edge`` for every
+pysyncobj module that unpickles (``pysyncobj.pickle`` itself, the journal, the
+serializer, syncobj, the TCP connection); membership entries are JSON so they
+need no global.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ import os
 import pickle
 from pathlib import Path
 
+import pysyncobj.journal as journal_module
+import pysyncobj.pickle as pysyncobj_pickle
+import pysyncobj.serializer as serializer_module
 import pysyncobj.syncobj as syncobj_module
+import pysyncobj.tcp_connection as tcp_connection_module
 import pytest
 
 from vault_node.raft import core as raft_core
@@ -30,16 +36,30 @@ class _Exploit:
 
 
 def test_pysyncobj_uses_the_safe_codec() -> None:
-    assert raft_core.safe_pickle is safe_pickle
-    assert syncobj_module.pickle is safe_pickle
+    assert raft_core.VaultSyncObj  # importing raft_core installs the edge module's hooks
+    for module in (syncobj_module, serializer_module, tcp_connection_module):
+        assert module.pickle is safe_pickle
+    assert pysyncobj_pickle.loads is safe_pickle.loads
+    assert pysyncobj_pickle.load is safe_pickle.load
+    assert journal_module.loads is safe_pickle.loads
 
 
-def test_an_entry_naming_a_global_is_refused_and_never_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["syncobj", "pysyncobj.pickle", "journal"])
+def test_an_entry_naming_a_global_is_refused_and_never_runs(tmp_path: Path, where: str) -> None:
     marker = tmp_path / "pwned"
     payload = pickle.dumps((1, (_Exploit(marker),)), protocol=2)
+    loads = {"syncobj": syncobj_module.pickle.loads, "pysyncobj.pickle": pysyncobj_pickle.loads,
+             "journal": journal_module.loads}[where]
     with pytest.raises(safe_pickle.UnpicklingError):
-        syncobj_module.pickle.loads(payload)
+        loads(payload)  # pysyncobj's own loads fell back to the stock pure-Python unpickler
     assert not marker.exists()
+
+
+def test_empty_bytes_round_trip_but_bytes_n_is_refused() -> None:
+    assert safe_pickle.loads(safe_pickle.dumps((b"", 1))) == (b"", 1)
+    sized = pickle.dumps(b"", protocol=2).replace(b")R", b"K\x05\x85R")  # bytes(5)
+    with pytest.raises(safe_pickle.UnpicklingError):
+        safe_pickle.loads(sized)
 
 
 def test_plain_entries_still_round_trip() -> None:

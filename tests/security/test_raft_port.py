@@ -2,11 +2,11 @@
 
 pysyncobj frames a message as a 4-byte native-endian length, then
 ``zlib(pickle(message))``, encrypted when a transport secret is configured. The
-guard under attack is the cluster transport secret: every frame must pass the
-transport cipher's authentication (``vault_node/raft/core.py``,
-``TransportCipher``; pysyncobj's own default is Fernet) before ``pickle.loads``
-runs. Without it, the framed pickle below would be unpickled and create the
-marker file.
+guards under attack here are the link handshake (``vault_node/raft/pysyncobj_edge.py``:
+the transport secret and a member's link key before anything else is read) and
+the restricted codec behind it. Without them, the framed pickle below would be
+unpickled and create the marker file. ``test_raft_link.py`` attacks with valid
+credentials.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import os
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -37,7 +39,7 @@ from tests.security.conftest import (
     new_account,
     node_status,
 )
-from vault_node.raft.transport_cipher import TransportCipher
+from vault_node.raft.transport_cipher import Initiator, LinkKey, LinkSecrets
 
 pytestmark = pytest.mark.cluster
 
@@ -70,9 +72,9 @@ def _payloads(marker: Path) -> dict[str, bytes]:
         "pickle-framed": _frame(compressed),  # exactly what an unauthenticated pysyncobj sends
         "pickle-framed-twice": _frame(compressed) * 2,
         "fernet-wrong-key": _frame(forged),
-        "transport-cipher-wrong-secret": _frame(
-            TransportCipher(os.urandom(32)).encrypt_at_time(compressed, 0)
-        ),
+        "link-hello-wrong-secret-then-pickle": _frame(
+            Initiator.start(LinkSecrets(os.urandom(32), LinkKey.generate()), bytes(32)).hello
+        ) + _frame(compressed),
         "handshake-then-pickle": _frame(zlib.compress(pickle.dumps(os.urandom(32))))
         + _frame(compressed),
     }
@@ -88,25 +90,57 @@ def test_gadget_would_fire_if_unpickled(tmp_path: Path) -> None:
     assert marker.exists()
 
 
-def test_gadget_fires_against_pysyncobj_without_a_password(tmp_path: Path) -> None:
-    """Control: the same bytes DO execute on a pysyncobj node that has no transport secret.
+_PLAIN_PYSYNCOBJ = """
+import sys, time
+from pysyncobj import SyncObj, SyncObjConf
+node = SyncObj(sys.argv[1], [], SyncObjConf(autoTick=True, dynamicMembershipChange=False))
+time.sleep(60)
+"""
 
-    This shows the payloads are well-formed for pysyncobj's framing, so the cluster
-    test below fails if the vault ever ran pysyncobj without ``password``.
-    """
-    marker = tmp_path / "control-marker"
+
+def _fire_at_plain_pysyncobj(marker: Path, *, in_this_process: bool) -> None:
+    """Send the framed gadget to a pysyncobj node without a password until it fires (10 s)."""
     (port,) = free_ports(1)
-    conf = SyncObjConf(autoTick=True, dynamicMembershipChange=False)
-    node = SyncObj(f"127.0.0.1:{port}", [], conf)
+    address = f"127.0.0.1:{port}"
+    node: Any = None
+    proc: subprocess.Popen[bytes] | None = None
+    if in_this_process:
+        node = SyncObj(address, [], SyncObjConf(autoTick=True, dynamicMembershipChange=False))
+    else:  # a fresh interpreter that never imported the vault
+        proc = subprocess.Popen([sys.executable, "-c", _PLAIN_PYSYNCOBJ, address])
     try:
         deadline = time.monotonic() + 10.0
         while not marker.exists() and time.monotonic() < deadline:
             with contextlib.suppress(OSError):  # not listening yet
-                _send(f"127.0.0.1:{port}", _payloads(marker)["pickle-framed"])
+                _send(address, _payloads(marker)["pickle-framed"])
             time.sleep(0.1)
     finally:
-        node.destroy()
+        if node is not None:
+            node.destroy()
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_gadget_fires_against_pysyncobj_without_a_password(tmp_path: Path) -> None:
+    """Control: the same bytes DO execute on a stock pysyncobj node that has no password.
+
+    This shows the payloads are well-formed for pysyncobj's framing, so the cluster
+    test below fails if the vault ever let stock pysyncobj parse its Raft port.
+    """
+    marker = tmp_path / "control-marker"
+    _fire_at_plain_pysyncobj(marker, in_this_process=False)
     assert marker.exists(), "control failed: pysyncobj did not unpickle the framed gadget"
+
+
+def test_no_pysyncobj_node_in_a_vault_process_unpickles(tmp_path: Path) -> None:
+    """Once the vault's Raft layer is imported, even a bare pysyncobj node in the same
+    process is safe: every connection is the vault's, and the stock parser refuses."""
+    import vault_node.raft.core  # noqa: F401 (installs the pysyncobj edge)
+
+    marker = tmp_path / "in-process-marker"
+    _fire_at_plain_pysyncobj(marker, in_this_process=True)
+    assert not marker.exists(), "a pysyncobj node in a vault process unpickled the gadget"
 
 
 def _send(address: str, payload: bytes) -> None:

@@ -1,15 +1,16 @@
 """Secret hygiene after a real end-to-end run: nothing secret on disk, in logs, argv or env.
 
 Scanned: every file under the cluster's state directory except ``secrets/``
-(which holds the master key, transport secret and token signing key *by
+(which holds the master key, transport secret, link keys and token signing key *by
 design*, 0600 in a 0700 folder; everything else on disk must be either public
 or sealed under the master key). That covers Raft journals, snapshots (if any),
 the sealed fleet file, configs, layout, pid files and every process's log.
 Searched for: the password, the backup key, the OPAQUE export and session
 keys (captured on the client side), every fleet secret (read through the HSM
-object in this process), the master key and the transport secret -- raw, hex
-in both cases, and base64 (standard and URL-safe, at each of the three
-alignments, so a secret inside a longer base64 blob is found too).
+object in this process), the master key, the transport secret and every
+node's private link key -- raw, hex in both cases, and base64 (standard and
+URL-safe, at each of the three alignments, so a secret inside a longer base64
+blob is found too).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def _fleet_secrets(cluster: LocalCluster) -> dict[str, bytes]:
         "account hash key": hsm._account_key,
         "master key": bytes.fromhex((cluster.secrets_dir / "master.key").read_text().strip()),
         "transport secret": (cluster.secrets_dir / "transport.secret").read_text().strip().encode(),
+        **{f"link key {path.stem}": bytes.fromhex(path.read_text().strip())
+           for path in sorted((cluster.secrets_dir / "link").glob("*.key"))},
     }
 
 

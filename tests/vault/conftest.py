@@ -29,6 +29,7 @@ from bkv_protocol import deposit, opaque, sealing
 from bkv_protocol.errors import AuthenticationError
 from bkv_protocol.ksf import IDENTITY_KSF
 from bkv_tools.launcher_layout import free_ports
+from vault_node.raft.transport_cipher import LinkKey
 
 NODE_CMD = [sys.executable, "-m", "vault_node.cli"]
 TEST_ATTEMPT_LIMIT = 3
@@ -58,6 +59,15 @@ def init_fleet(state: Path) -> dict[str, str]:
     return keys
 
 
+def new_link_key_file(path: Path) -> str:
+    """Write a node's private link key (0600) as the tooling does; its public key in hex."""
+    key = LinkKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(key.private_hex() + "\n")
+    path.chmod(0o600)
+    return key.public_hex
+
+
 def write_node_configs(state: Path, size: int, **extra: Any) -> list[dict[str, Any]]:
     """Config dicts (and files) for a `size`-node shard spread over dc1..dc3."""
     ports = free_ports(2 * size)
@@ -67,6 +77,9 @@ def write_node_configs(state: Path, size: int, **extra: Any) -> list[dict[str, A
             "datacenter": f"dc{i % 3 + 1}",
             "raft_address": f"127.0.0.1:{ports[2 * i]}",
             "grpc_address": f"127.0.0.1:{ports[2 * i + 1]}",
+            "link_public_key": new_link_key_file(
+                state / "secrets" / f"dc{i % 3 + 1}-n{i + 1}.link.key"
+            ),
         }
         for i in range(size)
     ]
@@ -84,6 +97,7 @@ def write_node_configs(state: Path, size: int, **extra: Any) -> list[dict[str, A
             "fleet_file": str(state / "fleet" / "fleet.sealed"),
             "master_key_file": str(state / "secrets" / "master.key"),
             "transport_secret_file": str(secret_file),
+            "link_key_file": str(state / "secrets" / f"{peer['node_id']}.link.key"),
             "attempt_limit": TEST_ATTEMPT_LIMIT,
             "allow_identity_ksf": True,
             "peers": peers,

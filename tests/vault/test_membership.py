@@ -23,12 +23,14 @@ from tests.vault.conftest import (
     Cluster,
     VaultTestClient,
     clean_env,
+    new_link_key_file,
     started_cluster,
 )
 from vault_node import cli
 from vault_node.admin.client import AdminClient, AdminError
 from vault_node.raft.admin_endpoint import CMD_ADD, CMD_MEMBERS
 from vault_node.raft.membership import Member
+from vault_node.raft.transport_cipher import LinkKey, LinkSecrets
 
 pytestmark = pytest.mark.cluster
 CATCH_UP_DEADLINE = 30.0
@@ -70,11 +72,14 @@ def new_node_config(cluster: Cluster, node_id: str, datacenter: str) -> dict[str
     """A config for a joining node: the current members as its peers, plus itself."""
     raft_port, grpc_port = free_ports(2)
     base = cluster.configs[0]
+    key_file = cluster.state / "secrets" / f"{node_id}.link.key"
     me = {"node_id": node_id, "datacenter": datacenter,
-          "raft_address": f"127.0.0.1:{raft_port}", "grpc_address": f"127.0.0.1:{grpc_port}"}
+          "raft_address": f"127.0.0.1:{raft_port}", "grpc_address": f"127.0.0.1:{grpc_port}",
+          "link_public_key": new_link_key_file(key_file)}
     peers = [{k: p[k] for k in me} for p in base["peers"]] + [me]
     cfg = {k: v for k, v in base.items() if k not in ("config_path", "peers", *me)}
-    cfg.update(me, peers=peers, data_dir=str(cluster.state / "nodes" / node_id))
+    cfg.update(me, peers=peers, data_dir=str(cluster.state / "nodes" / node_id),
+               link_key_file=str(key_file))
     path = cluster.state / f"{node_id}.toml"
     path.write_text(tomli_w.dumps(cfg))
     cfg["config_path"] = str(path)
@@ -122,11 +127,18 @@ def shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def test_wrong_secret_is_refused_and_changes_nothing(shard: Cluster) -> None:
     cfg = shard.configs[0]
-    intruder = AdminClient(b"not the transport secret at all")
-    outsider = Member("evil", "dc9", "127.0.0.1:1", "127.0.0.1:2")
-    for command in ([CMD_MEMBERS], [CMD_ADD, outsider.to_plain()]):
-        with pytest.raises(AdminError, match="closed the connection"):
-            intruder.request(cfg["raft_address"], command, timeout=5.0)
+    # the right member key but a wrong transport secret, and the right secret but a stranger's key
+    member_key = LinkKey.from_hex(Path(cfg["link_key_file"]).read_text())
+    secret = Path(cfg["transport_secret_file"]).read_bytes().strip()
+    keys = {p["raft_address"]: bytes.fromhex(p["link_public_key"]) for p in cfg["peers"]}
+    outsider = Member("evil", "dc9", "127.0.0.1:1", "127.0.0.1:2", LinkKey.generate().public_hex)
+    for intruder in (
+        AdminClient(LinkSecrets(b"not the transport secret at all", member_key), keys),
+        AdminClient(LinkSecrets(secret, LinkKey.generate()), keys),
+    ):
+        for command in ([CMD_MEMBERS], [CMD_ADD, outsider.to_plain()]):
+            with pytest.raises(AdminError, match="refused the connection"):
+                intruder.request(cfg["raft_address"], command, timeout=5.0)
     assert len(members_json(cfg)["members"]) == 3
     # The CLI with a wrong secret file: clear one-line error, exit 3, nothing changed.
     bad = shard.state / "wrong.toml"
@@ -136,7 +148,8 @@ def test_wrong_secret_is_refused_and_changes_nothing(shard: Cluster) -> None:
     bad.write_text(tomli_w.dumps({**raw, "transport_secret_file": str(wrong_secret)}))
     out = subprocess.run(
         [*NODE_CMD, "member", "add", "--config", str(bad), "--timeout", "3", "--node-id", "evil",
-         "--datacenter", "dc9", "--raft-address", "127.0.0.1:1", "--grpc-address", "127.0.0.1:2"],
+         "--datacenter", "dc9", "--raft-address", "127.0.0.1:1", "--grpc-address", "127.0.0.1:2",
+         "--link-public-key", outsider.link_key],
         capture_output=True, text=True, timeout=60, env=clean_env(), check=False,
     )
     assert out.returncode == 3
@@ -150,10 +163,11 @@ def test_guard_rails_refuse_clearly(shard: Cluster) -> None:
     assert below.returncode == 3 and "below 3 members" in below.stderr
     taken = admin(cfg, "member", "add", "--node-id", other["node_id"], "--datacenter", "dc1",
                   "--raft-address", "127.0.0.1:1", "--grpc-address", "127.0.0.1:2",
-                  "--timeout", "10")
+                  "--link-public-key", LinkKey.generate().public_hex, "--timeout", "10")
     assert taken.returncode == 3 and "already a member" in taken.stderr
     bad = admin(cfg, "member", "add", "--node-id", "x", "--datacenter", "dc1",
-                "--raft-address", "nowhere", "--grpc-address", "127.0.0.1:2")
+                "--raft-address", "nowhere", "--grpc-address", "127.0.0.1:2",
+                "--link-public-key", LinkKey.generate().public_hex)
     assert bad.returncode == 2 and "host:port" in bad.stderr
     for out in (below, taken, bad):
         assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
@@ -175,7 +189,7 @@ def test_add_two_remove_one_then_restart(shard: Cluster) -> None:
         start_node(shard, cfg)
         out = admin(first, "member", "add", "--node-id", node_id, "--datacenter", dc,
                     "--raft-address", cfg["raft_address"], "--grpc-address", cfg["grpc_address"],
-                    "--timeout", str(ADMIN_TIMEOUT))
+                    "--link-public-key", cfg["link_public_key"], "--timeout", str(ADMIN_TIMEOUT))
         assert out.returncode == 0, out.stderr + shard.logs()
         assert node_id in out.stdout
         # one change at a time: the command returned only once the change committed

@@ -37,6 +37,7 @@ from vault_node.raft.snapshot_file import (
     restore_into,
     seal,
 )
+from vault_node.raft.transport_cipher import LinkKey
 
 Code = pb.VaultError.Code
 
@@ -169,7 +170,8 @@ def test_restore_needs_an_empty_dir_and_membership_rides_in_the_snapshot(tmp_pat
     assert [m["node_id"] for m in plain[SNAPSHOT_MEMBERS_KEY]] == ["gone", "solo"]
     # The node starts with the snapshot's membership even though its bootstrap list differs.
     cfg = RaftConfig(node_id="solo", self_address=address, peer_addresses=[address],
-                     data_dir=data, transport_secret=os.urandom(32), members=(me,))
+                     data_dir=data, transport_secret=os.urandom(32), members=(me,),
+                     link_key=LinkKey.generate())
     with ReplicatedVault(cfg) as vault:
         members = vault._obj.bkv_members()
         assert sorted(m.node_id for m in members) == ["gone", "solo"]
@@ -189,7 +191,8 @@ def test_node_snapshots_record_the_members(tmp_path: Path) -> None:
         address = f"127.0.0.1:{s.getsockname()[1]}"
     me = Member("solo", "dc1", address, "127.0.0.1:1")
     cfg = RaftConfig(node_id="solo", self_address=address, peer_addresses=[address],
-                     data_dir=tmp_path, transport_secret=os.urandom(32), members=(me,))
+                     data_dir=tmp_path, transport_secret=os.urandom(32), members=(me,),
+                     link_key=LinkKey.generate())
     with ReplicatedVault(cfg) as vault:
         deadline = time.monotonic() + 10
         while not vault.is_leader():

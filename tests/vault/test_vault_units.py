@@ -6,15 +6,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from bkv_protocol import opaque
 from bkv_protocol.opaque_messages import NOE
+from vault_node import cli
 from vault_node.config import (
+    LINK_KEY_ENV,
     TRANSPORT_SECRET_ENV,
     ConfigError,
     NodeConfig,
     load_transport_secret,
 )
+from vault_node.raft.membership import bootstrap_members
+from vault_node.raft.transport_cipher import LinkKey, load_link_key
 from vault_node.service.sessions import LoginSession, SessionTable
 from vault_node.service.vault import guess_tag
 
@@ -94,6 +99,55 @@ def test_transport_secret_sources(tmp_path: Path) -> None:
     secret.write_text("a" * 32 + "\n")
     assert load_transport_secret(cfg, env={}) == b"a" * 32
     assert load_transport_secret(cfg, env={TRANSPORT_SECRET_ENV: "b" * 20}) == b"b" * 20
+
+
+def test_link_keys_in_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`link-key new` writes a 0600 key once; peers carry public keys; the node loads its own."""
+    key_file = tmp_path / "link.key"
+    assert cli.main(["link-key", "new", "--out", str(key_file)]) == 0
+    public = capsys.readouterr().out.strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600 and public not in key_file.read_text()
+    assert cli.main(["link-key", "new", "--out", str(key_file)]) == 2  # never overwrites
+    assert "refusing to overwrite" in capsys.readouterr().err
+    others = [LinkKey.generate().public_hex for _ in range(2)]
+    raw = _raw(link_key_file=str(key_file))
+    for peer, key in zip(raw["peers"], [public.upper(), *others], strict=True):
+        peer["link_public_key"] = key
+    cfg = NodeConfig.from_mapping(raw)
+    assert cfg.self_peer.link_public_key == public  # normalised to lower case
+    assert [m.link_key for m in bootstrap_members(cfg.peers)] == [public, *others]
+    assert load_link_key(cfg, env={}).public_hex == public
+    secret = tmp_path / "t.secret"
+    secret.write_text("a" * 32)
+    loaded = load_transport_secret(NodeConfig.from_mapping({**raw,
+                                   "transport_secret_file": str(secret)}), env={})
+    assert loaded == b"a" * 32  # the link key is loaded on its own (load_link_key)
+    config = tmp_path / "node.toml"
+    config.write_text(tomli_w.dumps(raw))
+    assert cli.main(["link-key", "show", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == public
+    other = LinkKey.generate()
+    assert load_link_key(cfg, env={LINK_KEY_ENV: other.private_hex()}).public == other.public
+    key_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="must be 0600"):
+        load_link_key(cfg, env={})
+    with pytest.raises(ConfigError, match="no Raft link key"):
+        load_link_key(NodeConfig.from_mapping(_raw()), env={})
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [("zz" * 32, "64 hex digits"), ("00" * 31, "64 hex digits"), ("same", "duplicate")],
+)
+def test_bad_link_public_keys(key: str, message: str) -> None:
+    raw = _raw()
+    duplicate = LinkKey.generate().public_hex
+    for peer in raw["peers"]:
+        peer["link_public_key"] = duplicate if key == "same" else LinkKey.generate().public_hex
+    if key != "same":
+        raw["peers"][1]["link_public_key"] = key
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig.from_mapping(raw)
 
 
 class FakeClock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from vault_node.raft.snapshot_file import (
     write_file,
 )
 from vault_node.raft.snapshot_offline import read_data_dir
+from vault_node.raft.transport_cipher import LinkKey, LinkSecrets, load_link_key
 
 EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 3
@@ -46,10 +48,15 @@ class _Fail(Exception):
 
 
 def _client(cfg: NodeConfig) -> tuple[AdminClient, list[str]]:
-    """A client holding the transport secret, and the Raft addresses to start from."""
-    secret = load_transport_secret(cfg)
+    """A client with the config's link credentials, and the Raft addresses to start from.
+
+    It speaks with the link key of the node whose config it was given: only a
+    current member's credentials get an admin request past the handshake.
+    """
+    secrets = LinkSecrets(bytes(load_transport_secret(cfg)), load_link_key(cfg))
+    keys = {p.raft_address: bytes.fromhex(p.link_public_key) for p in cfg.peers}
     seeds = [cfg.raft_address, *(p.raft_address for p in cfg.other_peers)]
-    return AdminClient(secret), seeds
+    return AdminClient(secrets, keys), seeds
 
 
 def _fleet(cfg: NodeConfig) -> tuple[MasterKeyBackend, bytes]:
@@ -95,7 +102,8 @@ def _member_list(args: argparse.Namespace) -> None:
 
 def _member_add(args: argparse.Namespace) -> None:
     try:
-        new = Member(args.node_id, args.datacenter, args.raft_address, args.grpc_address)
+        new = Member(args.node_id, args.datacenter, args.raft_address, args.grpc_address,
+                     args.link_public_key)
     except MembershipError as err:
         raise _Fail(str(err), EXIT_BAD_INPUT) from None
     _print_members(_ask(args, [CMD_ADD, new.to_plain()])[1], args.json)
@@ -146,6 +154,26 @@ def _snapshot_restore(args: argparse.Namespace) -> None:
           f"into {path}; membership from {args.config} ({len(members)} members)")
 
 
+def _link_key_new(args: argparse.Namespace) -> None:
+    """Write a fresh private link key (0600, never overwriting) and print its public half."""
+    key = LinkKey.generate()
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise _Fail(f"{args.out} already exists; refusing to overwrite", EXIT_BAD_INPUT) from None
+    except OSError as err:
+        raise _Fail(f"cannot write {args.out}: {err.strerror}", EXIT_BAD_INPUT) from None
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key.private_hex() + "\n")
+    print(key.public_hex)
+
+
+def _link_key_show(args: argparse.Namespace) -> None:
+    """The public half of a node's link key: what `member add --link-public-key` takes."""
+    print(load_link_key(NodeConfig.load(args.config)).public_hex)
+
+
 def _handle(args: argparse.Namespace) -> int:
     try:
         args.action(args)
@@ -164,8 +192,10 @@ def add_commands(sub: Any) -> None:
     msub = member.add_subparsers(dest="member_command", required=True)
     specs = [
         ("list", "show the members as the leader sees them", _member_list),
-        ("add", "add a member (start it first, with the current members as peers)", _member_add),
-        ("remove", "remove a member (never below 3)", _member_remove),
+        ("add", "add a member (start it first, with the current members as peers); "
+                "its link public key becomes the credential the others accept", _member_add),
+        ("remove", "remove a member (never below 3); the others refuse its link key from "
+                   "then on", _member_remove),
     ]
     for name, text, action in specs:
         p = msub.add_parser(name, help=text)
@@ -180,7 +210,21 @@ def add_commands(sub: Any) -> None:
             p.add_argument("--datacenter", required=True)
             p.add_argument("--raft-address", required=True, help="host:port")
             p.add_argument("--grpc-address", required=True, help="host:port")
+            p.add_argument(
+                "--link-public-key", required=True, metavar="HEX",
+                help="the new member's link public key (64 hex digits): printed by "
+                     "`bkv-vault-node link-key new`, or `link-key show --config` on the new node",
+            )
         p.set_defaults(handler=_handle, action=action)
+    link = sub.add_parser("link-key", help="this node's own Raft link key (its credential)")
+    lsub = link.add_subparsers(dest="link_command", required=True)
+    new = lsub.add_parser("new", help="write a new private link key (0600) and print its "
+                                      "public half for [[peers]] and `member add`")
+    new.add_argument("--out", type=Path, required=True, help="key file to create")
+    new.set_defaults(handler=_handle, action=_link_key_new)
+    show = lsub.add_parser("show", help="print the public half of the config's link key")
+    show.add_argument("--config", type=Path, required=True, help="the node's node.toml")
+    show.set_defaults(handler=_handle, action=_link_key_show)
     snapshot = sub.add_parser("snapshot", help="take or restore a sealed snapshot")
     ssub = snapshot.add_subparsers(dest="snapshot_command", required=True)
     take = ssub.add_parser("take", help="seal the leader's applied state into a file")

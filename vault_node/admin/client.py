@@ -1,9 +1,11 @@
 """The operator side of the admin path: one authenticated request to a node's Raft port.
 
-The client speaks pysyncobj's utility protocol through the vault's transport
-cipher (see ``vault_node.raft.admin_endpoint``): it proves knowledge of the transport secret
-with every frame, and it only believes replies that authenticate under the same
-secret and echo the random key it chose for this connection.
+The client speaks pysyncobj's utility protocol over the vault's Raft link (see
+``vault_node.raft.admin_endpoint``): it authenticates with the transport secret and the link
+key of the node whose config it was given (a current member's credential), it
+only talks to a node that proves it holds the link key the membership lists for
+its address, and it only believes replies that echo the random key it chose for
+this connection.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Any
 
 from pysyncobj.node import TCPNode
 from pysyncobj.poller import createPoller
-from pysyncobj.tcp_connection import TcpConnection
 
-from vault_node.raft.transport_cipher import TransportCipher
+from vault_node.raft.membership import MembershipError, members_from_plain
+from vault_node.raft.pysyncobj_edge import ADMIN_MAX_MESSAGE_BYTES, LinkConnection, LinkPolicy
+from vault_node.raft.transport_cipher import LinkSecrets
 
 PER_TRY_SECONDS = 10.0
 RETRY_PAUSE_SECONDS = 0.3
@@ -29,14 +32,28 @@ class AdminError(Exception):
 
 
 class AdminRefusedError(AdminError):
-    """The node dropped the connection at the first frame: almost surely a wrong secret."""
+    """The node dropped the connection in the handshake: a wrong secret or a non-member key."""
+
+
+class _AdminConnection(LinkConnection):
+    """Remembers that the socket came up, to tell a refused handshake from no connection."""
+
+    bkv_max_frame = ADMIN_MAX_MESSAGE_BYTES
+    bkv_max_message = ADMIN_MAX_MESSAGE_BYTES
+    socket_up = False
+
+    def _bkv_socket_connected(self) -> None:
+        self.socket_up = True
+        super()._bkv_socket_connected()
 
 
 class AdminClient:
     """Sends admin commands to vault nodes and follows leader hints (bounded in time)."""
 
-    def __init__(self, transport_secret: bytes) -> None:
-        self._cipher = TransportCipher(transport_secret)
+    def __init__(self, secrets: LinkSecrets, link_keys: dict[str, bytes]) -> None:
+        """``link_keys``: Raft address -> link public key of the members we may talk to."""
+        self._secrets = secrets
+        self._link_keys = dict(link_keys)
 
     def __repr__(self) -> str:
         return "AdminClient()"
@@ -50,6 +67,9 @@ class AdminClient:
             raise AdminError(f"invalid node address {address!r}") from None
         if host is None:
             raise AdminError(f"cannot resolve {node.host}")
+        expected = self._link_keys.get(address)
+        if expected is None:
+            raise AdminError(f"no link key known for {address} (not in the config's [[peers]])")
         poller = createPoller("auto")
         state: dict[str, Any] = {"reply": None, "open": True, "greeted": False,
                                  "connected": False}
@@ -72,14 +92,15 @@ class AdminClient:
         def on_disconnected() -> None:
             state["open"] = False
 
-        conn = TcpConnection(
+        conn = _AdminConnection(
             poller,
             onConnected=on_connected,
             onMessageReceived=on_message,
             onDisconnected=on_disconnected,
             timeout=timeout,
         )
-        conn.encryptor = self._cipher
+        conn.encryptor = LinkPolicy(self._secrets, lambda key: key == expected)
+        conn.bkv_expected_peer = expected
         if not conn.connect(host, node.port):
             raise AdminError(f"cannot connect to {address}")
         deadline = time.monotonic() + timeout
@@ -90,16 +111,28 @@ class AdminClient:
             conn.disconnect()
         reply = state["reply"]
         if reply is None:
-            if not state["connected"]:
+            if not conn.socket_up:
                 raise AdminError(f"cannot connect to {address}")
             if not state["greeted"]:
                 raise AdminRefusedError(
-                    f"{address} closed the connection (is the transport secret right?)"
+                    f"{address} refused the connection (is the transport secret right, "
+                    "and is this config's node still a member?)"
                 )
             raise AdminError(f"no reply from {address} within {timeout:.0f}s")
         if not isinstance(reply, dict):
             raise AdminError(f"{address} refused the request: {reply}")
+        self._learn(reply)
         return reply
+
+    def _learn(self, reply: dict[str, Any]) -> None:
+        """Members' link keys from an authenticated reply, to follow leader hints."""
+        try:
+            members = members_from_plain(reply.get("members"))
+        except MembershipError:
+            return
+        for m in members:
+            if m.link_public_key is not None:
+                self._link_keys[m.raft_address] = m.link_public_key
 
     def call_leader(
         self, seeds: Sequence[str], command: Sequence[Any], deadline_seconds: float
@@ -120,7 +153,7 @@ class AdminClient:
             try:
                 reply = self.request(target, command, min(remaining, PER_TRY_SECONDS))
             except AdminRefusedError:
-                raise  # retrying elsewhere can't help: every node holds the same secret
+                raise  # retrying elsewhere can't help: every member checks the same credentials
             except AdminError as err:
                 problem = str(err)
                 turn += 1

@@ -1,11 +1,12 @@
 """The node side of the admin path: membership changes and snapshots over the Raft port.
 
-Admin requests use pysyncobj's utility channel on the Raft port, so they are
-spoken through the same ChaCha20-Poly1305 transport cipher as Raft itself
-(``transport_cipher.TransportCipher``): only a holder of the transport secret gets a
-frame past the AEAD check, and nothing is unpickled before that. Each
-connection also starts with a fresh random key from the node that every later
-frame must echo, so a recorded request can't be replayed into a new connection.
+Admin requests use pysyncobj's utility channel on the Raft port, so they travel
+over the same link as Raft itself (``vault_node.raft.pysyncobj_edge``): only a holder
+of the transport secret *and* of a current member's link key (the operator uses
+the key of the node whose config it is given) completes the handshake, every
+frame is sealed under that connection's own keys with a strict counter, and
+nothing is unpickled except plain data. A recorded request can't be replayed,
+in its connection or into a new one.
 
 Handlers run on the Raft tick thread (where pysyncobj delivers utility
 messages), so they read membership, log and state without racing the apply
@@ -90,8 +91,12 @@ class AdminEndpoint:
         return address if isinstance(address, str) else None
 
     def _refuse(self, error: str, *, retry: bool = False) -> Reply:
-        return _refusal(error, retry=retry, leader=self._leader_address(),
-                        not_leader=not self._obj._isLeader())
+        """A refusal carrying this node's member list, so the client learns the link key of
+        a leader it was not configured with before following the hint."""
+        reply = _refusal(error, retry=retry, leader=self._leader_address(),
+                         not_leader=not self._obj._isLeader())
+        reply["members"] = members_to_plain(self._obj.bkv_members())
+        return reply
 
     def _change_in_progress(self) -> bool:
         """A membership entry is still uncommitted (or queued): another change must wait."""

@@ -25,13 +25,16 @@ behaviour, and why:
   only in a later tick (the acknowledgements arrive in a later poll), after
   that sync. An AppendEntries acknowledges nothing, so sending it early is
   safe (the optimisation of section 10.2.1 of Ongaro's Raft thesis).
-* **Authenticated transport (invariant 5).** With ``password`` set, pysyncobj
-  gives every connection the node's encryptor before the first byte is read,
-  and ``TcpConnection.__processParseMessage`` decrypts (authenticates) a frame
-  before ``pickle.loads``; a frame failing the check drops the connection
-  without being unpickled. pysyncobj's default encryptor is Fernet (AES-CBC +
-  HMAC, base64, several Python-level calls per frame); :class:`TransportCipher`
-  replaces it with one ChaCha20-Poly1305 call per frame.
+* **Authenticated, never executable link (invariant 5).** Every module-level
+  change to pysyncobj lives in ``vault_node.raft.pysyncobj_edge`` (imported first,
+  with its import-time shape check): the restricted codec for every pickle,
+  and :class:`~vault_node.raft.pysyncobj_edge.LinkConnection` for every connection.
+  ``password`` is set so pysyncobj runs its per-connection random-key exchange,
+  and the node's "encryptor" is a :class:`~vault_node.raft.pysyncobj_edge.LinkPolicy`:
+  its link secrets and the question "is this link key a current member's?".
+  :class:`DurableTransport` gives each dialled connection the link key of the
+  member it dials and refuses an incoming connection that claims another
+  member's address than its key's, or a read-only node.
 * **Membership survives restarts.** Dynamic membership is on (changes come
   only through ``vault_node.raft.admin_endpoint``). Snapshots record the members (with
   their ids and gRPC addresses) under ``SNAPSHOT_MEMBERS_KEY``, and at start-up
@@ -54,7 +57,6 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.transport import TCPTransport
 
-from vault_node.raft import safe_pickle
 from vault_node.raft.audit import AuditLog
 from vault_node.raft.journal import (
     DurableJournal,
@@ -72,13 +74,19 @@ from vault_node.raft.membership import (
     members_from_plain,
     members_to_plain,
 )
-from vault_node.raft.transport_cipher import TransportCipher
+from vault_node.raft.pysyncobj_edge import (  # importing it installs the hooks
+    MAX_ENTRY_TRANSMISSION_BYTES,
+    LinkConnection,
+    LinkPolicy,
+)
+from vault_node.raft.transport_cipher import LinkSecrets
 from vault_node.state import ApplyResult, Command, Delete, Outcome, Put, VaultState
 
 log = logging.getLogger("vault_node.raft")
 
 _TRUNCATION_TEXT = "truncating already-applied log entries"
 ERASE_DELAY_SECONDS = 3.0  # destroyed or replaced record -> log compaction on this node
+MAX_TRANSMISSION_BYTES = MAX_ENTRY_TRANSMISSION_BYTES
 SNAPSHOT_MEMBERS_KEY = "raft_members"
 
 
@@ -105,26 +113,6 @@ def is_membership_entry(command: bytes) -> bool:
 
 TRUNCATION_MONITOR = TruncationMonitor()
 logging.getLogger("pysyncobj.syncobj").addHandler(TRUNCATION_MONITOR)
-
-# pysyncobj builds its journal with ``createJournal(conf.journalFile)``. Passing our
-# journal object as ``journalFile`` and recognising it here plugs in the durable
-# journal; any other value keeps pysyncobj's behaviour.
-_original_create_journal = _syncobj_module.createJournal
-
-
-def _create_journal(journal_file: Any) -> Any:
-    if isinstance(journal_file, DurableJournal):
-        return journal_file
-    return _original_create_journal(journal_file)
-
-
-_syncobj_module.createJournal = _create_journal
-
-# Every log entry pysyncobj unpickles (applied, replayed from the journal, or
-# reassembled from a large transmission) goes through a codec that refuses
-# globals: a tampered journal or a misbehaving peer can't make it run code.
-_syncobj_module.pickle = safe_pickle
-
 
 def filter_append_entries(
     journal: DurableJournal, message: dict[str, Any]
@@ -168,7 +156,44 @@ def filter_append_entries(
 
 
 class DurableTransport(TCPTransport):  # type: ignore[misc]
-    """TCP transport that syncs the journal before anything leaves and filters AppendEntries."""
+    """TCP transport that syncs the journal before anything leaves and filters AppendEntries.
+
+    It also binds connections to members: a dialled connection must meet the link
+    key of the member it dials, and an incoming one may only claim the address of
+    the member whose key it authenticated with (never a read-only node).
+    """
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
+        self._bkv_transmitted = 0  # bytes of the chunked entry being received
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def addNode(self, node: Any) -> None:
+        super().addNode(node)
+        conn = self._connections.get(node)
+        if isinstance(conn, LinkConnection):
+            conn.bkv_expected_peer = self._syncObj.bkv_link_key_of(node)
+
+    def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
+        if conn.sendRandKey:
+            # past the random-key exchange: an admin command, or the member it claims to be
+            if isinstance(message, list):
+                known = self._onUtilityMessageCallbacks
+                if not (message and isinstance(message[0], str) and message[0] in known):
+                    self._bkv_refuse(conn, "unknown admin command")
+                    return
+            else:
+                node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
+                key = None if node is None else self._syncObj.bkv_link_key_of(node)
+                peer = getattr(conn, "bkv_peer_key", None)
+                if key is None or peer is None or key != peer:
+                    self._bkv_refuse(conn, "a peer claimed a member address its key does not own")
+                    return
+        super()._onIncomingMessageReceived(conn, message)
+
+    def _bkv_refuse(self, conn: Any, reason: str) -> None:
+        log.warning("raft link: dropping a connection: %s", reason)
+        conn.disconnect()
+        self._unknownConnections.discard(conn)
 
     def _journal(self) -> DurableJournal:
         journal: DurableJournal = self._syncObj.bkv_journal
@@ -190,6 +215,8 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         super().setOnMessageReceivedCallback(functools.partial(self._filtered, callback))
 
     def _filtered(self, callback: Callable[..., Any], node: Any, message: Any) -> None:
+        if not self._bkv_transmission_ok(message):
+            return  # the connection that sent it is cut by LinkConnection's own count
         ack = None
         if (
             isinstance(message, dict)
@@ -205,6 +232,25 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
             self.send(node, ack)
 
 
+    def _bkv_transmission_ok(self, message: Any) -> bool:
+        """Bound pysyncobj's reassembly of a large entry (one ``__recvTransmission`` buffer
+        for all peers, grown without limit): chunks past :data:`MAX_TRANSMISSION_BYTES`
+        since the last "start", from whichever connections, are not delivered."""
+        if not (isinstance(message, dict) and message.get("type") == "append_entries"
+                and "transmission" in message):
+            return True
+        data = message.get("data")
+        if not isinstance(data, bytes):
+            return False
+        start = message["transmission"] == "start"
+        self._bkv_transmitted = len(data) + (0 if start else self._bkv_transmitted)
+        if self._bkv_transmitted > MAX_TRANSMISSION_BYTES:
+            log.warning("raft link: ignoring an entry transmission past %d bytes",
+                        MAX_TRANSMISSION_BYTES)
+            return False
+        return True
+
+
 class VaultSyncObj(SyncObj):  # type: ignore[misc]
     """The pysyncobj object replicating ``VaultState``. All mutation happens on its tick thread."""
 
@@ -216,6 +262,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         journal: DurableJournal,
         snapshot_path: Path,
         audit: AuditLog,
+        link: LinkSecrets,
         *,
         known_members: Mapping[str, Member] | None = None,
     ) -> None:
@@ -223,7 +270,8 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self.bkv_known_members = dict(known_members or {})  # raft address -> bootstrap entry
         self._bkv_snapshot_index = 0  # log index covered by the snapshot loaded at start-up
         self.bkv_audit = audit
-        self.bkv_cipher = TransportCipher(conf_kwargs["password"])
+        self._bkv_member_keys: frozenset[bytes] | None = None  # cache, None: recompute
+        self.bkv_link = LinkPolicy(link, self.bkv_is_member_key)
         self.bkv_state = VaultState()
         self.bkv_state_lock = threading.Lock()
         self.bkv_snapshot_path = snapshot_path
@@ -250,9 +298,35 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self._bkv_restore_membership()
 
     @property
-    def encryptor(self) -> TransportCipher:
+    def encryptor(self) -> LinkPolicy:
         """What the transport gives every connection, instead of pysyncobj's Fernet."""
-        return self.bkv_cipher
+        return self.bkv_link
+
+    def bkv_link_key_of(self, node: Any) -> bytes | None:
+        """The link key of a member (its description, else the bootstrap list); None: unknown."""
+        return describe(node, self.bkv_known_members).link_public_key
+
+    def bkv_is_member_key(self, key: bytes) -> bool:
+        """Is ``key`` the link key of a member as of the end of this node's log (self included)?"""
+        keys = self._bkv_member_keys
+        if keys is None:
+            found = (self.bkv_link_key_of(node) for node in self._bkv_cluster())
+            keys = self._bkv_member_keys = frozenset(k for k in found if k is not None)
+        return key in keys
+
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> Any:
+        self._bkv_member_keys = None
+        try:
+            return super()._SyncObj__doChangeCluster(request, reverse)
+        finally:
+            self._bkv_member_keys = None
+
+    def _SyncObj__updateClusterConfiguration(self, newNodes: Any) -> None:
+        self._bkv_member_keys = None
+        try:
+            super()._SyncObj__updateClusterConfiguration(newNodes)
+        finally:
+            self._bkv_member_keys = None
 
     @replicated  # type: ignore[untyped-decorator]
     def _bkv_apply(self, encoded: bytes) -> ApplyResult:

@@ -3,7 +3,10 @@
 Used by the multi-process Raft tests and by ``bkv_tools.bench_raft``: each
 process runs one ``ReplicatedVault`` and the controller talks to it through its
 pipes, so killing a process (SIGKILL) is a real crash. The transport secret comes
-from the environment (``BKV_RAFT_SECRET``, hex), never from argv.
+from the environment (``BKV_RAFT_SECRET``, hex), never from argv. Link keys are
+derived from it and each member's address (:func:`harness_link_key`), so every
+harness process knows every member's key without a key file: a test-only
+shortcut; real nodes each hold their own key file.
 
 Requests: ``{"op": "status"}``, ``{"op": "submit", "command": {...}}``,
 ``{"op": "entry", "account": hex}``, ``{"op": "snapshot"}``,
@@ -23,7 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from vault_node import state as st
+from vault_node.raft.membership import Member
 from vault_node.raft.replication import (
     CommitTimeoutError,
     NotLeaderError,
@@ -31,8 +39,22 @@ from vault_node.raft.replication import (
     RaftStartupError,
     ReplicatedVault,
 )
+from vault_node.raft.transport_cipher import LinkKey
 
 SECRET_ENV = "BKV_RAFT_SECRET"  # noqa: S105 (the variable name, not a secret)
+
+
+def harness_link_key(secret: bytes, address: str) -> LinkKey:
+    """The harness member's link key at ``address`` (derived: test clusters only)."""
+    seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"bkv raft harness link key " + address.encode()).derive(secret)
+    return LinkKey(X25519PrivateKey.from_private_bytes(seed))
+
+
+def harness_members(secret: bytes, addresses: list[str]) -> tuple[Member, ...]:
+    return tuple(
+        Member(a, "harness", a, "", harness_link_key(secret, a).public_hex) for a in addresses
+    )
 
 
 def command_from_json(plain: dict[str, Any]) -> st.Command:
@@ -182,13 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         secret = bytes.fromhex(os.environ.get(SECRET_ENV, ""))
+        peers = [p for p in args.peers.split(",") if p]
         vault = ReplicatedVault(
             RaftConfig(
                 node_id=args.node_id,
                 self_address=args.self_address,
-                peer_addresses=[p for p in args.peers.split(",") if p],
+                peer_addresses=peers,
                 data_dir=args.data_dir,
                 transport_secret=secret,
+                link_key=harness_link_key(secret, args.self_address),
+                members=harness_members(secret, sorted({*peers, args.self_address})),
                 fsync=not args.no_fsync,
                 snapshot_min_entries=args.snapshot_min_entries,
             )

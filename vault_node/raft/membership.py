@@ -3,21 +3,24 @@
 pysyncobj knows a member only by its Raft address. Operators and ChatD need the
 node id, data center and gRPC address too, so every member added at run time
 carries them inside the pysyncobj node object; the membership log entry
-carries them as canonical JSON (``encode_change``: never a pickle) and every
-snapshot stores them as plain JSON. Members that came from the TOML bootstrap
-list are described by that list.
+carries them, with the member's link public key (the key its Raft frames must be
+sealed with, ``vault_node.raft.transport_cipher``), as canonical JSON
+(``encode_change``: never a pickle) and every snapshot stores them as plain
+JSON. Removing a member removes its key from the set the others accept.
+Members that came from the TOML bootstrap list are described by that list.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pysyncobj.node import TCPNode
 
 from vault_node.config import PeerConfig, is_host_port
+from vault_node.raft.transport_cipher import LinkError, parse_public_key
 
 MIN_MEMBERS = 3  # a change that would leave fewer voters is refused
 MEMBER_ATTRIBUTE = "bkv_member"  # where a TCPNode carries the member's description
@@ -55,6 +58,7 @@ class Member:
     datacenter: str
     raft_address: str
     grpc_address: str
+    link_key: str = ""  # the member's link public key (hex); "" only when unknown
 
     def __post_init__(self) -> None:
         _check_name(self.node_id, "node id")
@@ -62,6 +66,18 @@ class Member:
         _check_address(self.raft_address, "raft address")
         if self.grpc_address:  # "" only for a member whose description is unknown
             _check_address(self.grpc_address, "grpc address")
+        if self.link_key:  # "" for an unknown member, which can't authenticate on the link
+            if not isinstance(self.link_key, str):
+                raise MembershipError("link key must be 64 hex digits")
+            try:
+                object.__setattr__(self, "link_key", parse_public_key(self.link_key).hex())
+            except LinkError as err:
+                raise MembershipError(str(err)) from None
+
+    @property
+    def link_public_key(self) -> bytes | None:
+        """The raw link public key; None for a member that can't authenticate."""
+        return bytes.fromhex(self.link_key) if self.link_key else None
 
     def to_plain(self) -> dict[str, str]:
         return {
@@ -69,6 +85,7 @@ class Member:
             "datacenter": self.datacenter,
             "raft_address": self.raft_address,
             "grpc_address": self.grpc_address,
+            "link_key": self.link_key,
         }
 
     @classmethod
@@ -82,6 +99,7 @@ class Member:
                 datacenter=plain["datacenter"],
                 raft_address=plain["raft_address"],
                 grpc_address=plain["grpc_address"],
+                link_key=plain.get("link_key", ""),  # entries from before link keys
             )
         except KeyError as err:
             raise MembershipError(f"a member lacks {err.args[0]!r}") from None
@@ -129,15 +147,24 @@ def describe(node: Any, known: Mapping[str, Member]) -> Member:
     plain = getattr(node, MEMBER_ATTRIBUTE, None)
     if plain is not None:
         try:
-            return Member.from_plain(plain)
+            member = Member.from_plain(plain)
         except MembershipError:
             pass
+        else:
+            bootstrap = known.get(address)
+            if not member.link_key and bootstrap is not None and bootstrap.link_key:
+                # recorded before members carried link keys: the operator's list supplies it
+                return replace(member, link_key=bootstrap.link_key)
+            return member
     return known.get(address) or Member.unknown(address)
 
 
 def bootstrap_members(peers: Iterable[PeerConfig]) -> tuple[Member, ...]:
     """The members a node's TOML bootstrap list describes."""
-    return tuple(Member(p.node_id, p.datacenter, p.raft_address, p.grpc_address) for p in peers)
+    return tuple(
+        Member(p.node_id, p.datacenter, p.raft_address, p.grpc_address, p.link_public_key)
+        for p in peers
+    )
 
 
 def members_to_plain(members: Iterable[Member]) -> list[dict[str, str]]:
@@ -155,8 +182,12 @@ def members_from_plain(plain: object) -> list[Member]:
 
 
 def check_addition(current: Iterable[Member], new: Member) -> None:
-    """Refuse a member whose id or Raft address is already in use."""
+    """Refuse a member without a link key, or whose id, Raft address or key is in use."""
+    if not new.link_key:
+        raise MembershipError("a new member needs its link public key")
     for m in current:
+        if m.link_key == new.link_key:
+            raise MembershipError("that link key already belongs to a member")
         if m.node_id == new.node_id:
             raise MembershipError(f"node id {new.node_id!r} is already a member")
         if m.raft_address == new.raft_address:

@@ -25,6 +25,7 @@ from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY, TRUNCATION_MONITOR, Vault
 from vault_node.raft.journal import DurableJournal, read_snapshot
 from vault_node.raft.log_entries import encode_entry
 from vault_node.raft.membership import Member, members_from_plain
+from vault_node.raft.transport_cipher import LinkKey, LinkSecrets
 from vault_node.state import AccountEntry, ApplyResult, Command, VaultState
 
 log = logging.getLogger("vault_node.raft")
@@ -76,6 +77,22 @@ class RaftConfig:
     bind_address: str | None = None  # listen here instead of self_address (NAT, containers)
     members: tuple[Member, ...] = ()  # the bootstrap list's descriptions (ids, gRPC addresses)
     audit_file: Path | None = None  # the audit trail; None means data_dir / "audit.jsonl"
+    link_key: LinkKey | None = field(default=None, repr=False)  # this node's own; required
+
+
+def _link_key(config: RaftConfig) -> LinkKey:
+    """This node's link key, checked against its own entry in the bootstrap list."""
+    key = config.link_key
+    if not isinstance(key, LinkKey):
+        raise RaftStartupError(
+            "no Raft link key: set link_key_file (or BKV_LINK_KEY); every member needs its own"
+        )
+    me = next((m for m in config.members if m.raft_address == config.self_address), None)
+    if me is not None and me.link_key and me.link_key != key.public_hex:
+        raise RaftStartupError(
+            "the link key does not match this node's link_public_key in [[peers]]"
+        )
+    return key
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,11 @@ class ReplicatedVault:
             raise RaftStartupError(
                 f"a transport secret of at least {MIN_TRANSPORT_SECRET_BYTES} bytes is required"
             )
+        link = LinkSecrets(bytes(secret), _link_key(config))
+        for member in config.members:
+            if not member.link_key:
+                log.warning("member %s has no link_public_key in [[peers]]: its Raft link "
+                            "is refused until it has one", member.node_id)
         self._config = config
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +192,7 @@ class ReplicatedVault:
         }
         try:
             self._obj = VaultSyncObj(
-                config.self_address, peers, conf_kwargs, journal, snapshot_path, audit,
+                config.self_address, peers, conf_kwargs, journal, snapshot_path, audit, link,
                 known_members={m.raft_address: m for m in config.members},
             )
             AdminEndpoint(self._obj).install()

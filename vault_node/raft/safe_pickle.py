@@ -20,12 +20,21 @@ UnpicklingError = pickle.UnpicklingError
 
 
 class _NoGlobals(pickle.Unpickler):
-    """Only ``_codecs.encode``: protocol 2 spells ``bytes`` through it."""
+    """Only how protocol 2 spells ``bytes``: ``_codecs.encode``, and ``bytes()`` when empty."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("_codecs", "encode"):
             return _latin1_encode
-        raise pickle.UnpicklingError("a log entry may not name a global")
+        if (module, name) == ("__builtin__", "bytes"):
+            return _empty_bytes
+        raise pickle.UnpicklingError(f"a pickle here may not name a global ({module}.{name})")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` only: ``bytes(n)`` would let a pickle allocate n bytes."""
+    if args:
+        raise pickle.UnpicklingError("unexpected bytes() arguments in a pickle")
+    return b""
 
 
 def _latin1_encode(text: object, encoding: object = "latin1") -> bytes:
