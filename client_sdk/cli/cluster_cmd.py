@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client_sdk.cli.common import CliError
+from client_sdk.cli.exit_codes import ExitCode
 from client_sdk.config import ClientConfig, default_state_dir
 
 if TYPE_CHECKING:  # the launcher pulls in gRPC: import it only when a cluster command runs
@@ -26,8 +27,8 @@ def register(sub: Any) -> None:
     status = group.add_parser(
         "status", help="show every node by data center (local cluster, or --config)",
         description="Every vault node by data center: role, term, commit index, applied, lag "
-                    "and health. Exit 0 healthy, 3 some node unreachable, 4 no leader in a "
-                    "shard or nothing answers.")
+                    "and health. Exit 0 healthy, 10 some node unreachable, 9 a shard without a "
+                    "leader (no quorum), 8 no ChatD answers.")
     status.add_argument("--config", type=Path, default=None,
                         help="client config of any cluster (e.g. deploy/state/client.toml): "
                              "ask its ChatDs instead of the local cluster's nodes")
@@ -37,7 +38,8 @@ def register(sub: Any) -> None:
     down.set_defaults(handler=_down)
     for p in (up, status, down):
         p.add_argument("--state-dir", type=Path, default=None,
-                       help="cluster state directory (default: $BKV_STATE_DIR or "
+                       help="cluster state directory (default: $BKV_STATE_DIR, else "
+                            "$XDG_STATE_HOME/bkv/local-cluster, else "
                             "~/.local/state/bkv/local-cluster)")
 
 
@@ -50,7 +52,7 @@ def _cluster(args: argparse.Namespace, shards: int = 1) -> LocalCluster:
 
 def _up(args: argparse.Namespace) -> int:
     if not 1 <= args.shards <= 16:
-        raise CliError("--shards must be between 1 and 16", 2)
+        raise CliError("--shards must be between 1 and 16", ExitCode.USAGE)
     cluster = _cluster(args, args.shards)
     from client_sdk.launcher import DEFAULT_UP_TIMEOUT, LauncherError
 
@@ -58,7 +60,7 @@ def _up(args: argparse.Namespace) -> int:
     try:
         cluster.up(timeout=DEFAULT_UP_TIMEOUT if args.timeout is None else args.timeout)
     except LauncherError as err:
-        raise CliError(str(err), 4) from None
+        raise CliError(str(err), ExitCode.ERROR) from None
     _print_status(cluster.status(), cluster.layout)
     print(f"client config: {cluster.client_config_path}")
     return 0
@@ -73,7 +75,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         views = cluster.status()
     except LauncherError as err:
-        raise CliError(str(err), 4) from None
+        raise CliError(str(err), ExitCode.ERROR) from None
     return _print_status(views, cluster.layout, as_json=args.json)
 
 
@@ -84,13 +86,13 @@ def _remote_status(config_path: Path, as_json: bool) -> int:
     try:
         client = ClientConfig.load(config_path)
     except ValueError as err:
-        raise CliError(str(err), 2) from None
+        raise CliError(str(err), ExitCode.USAGE) from None
     try:
         answer = ask_chatds(client.chatd, tls=client.tls)
     except ValueError as err:  # TlsError: the CA file can't be read
-        raise CliError(str(err), 2) from None
+        raise CliError(str(err), ExitCode.USAGE) from None
     if answer is None:
-        raise CliError(f"no ChatD answered ({', '.join(client.chatd)})", 4)
+        raise CliError(f"no ChatD answered ({', '.join(client.chatd)})", ExitCode.UNAVAILABLE)
     address, reply = answer
     return _report(rows_from_reply(reply), [{"name": "answering", "listen": address}], as_json)
 
@@ -125,8 +127,8 @@ def _report(rows: list[Any], chatds: list[dict[str, Any]], as_json: bool) -> int
             line += f"  status page {c['status_page']}" if c["status_page"] else ""
             print(line)
     if shards_without_leader(rows):
-        return 4
-    return 3 if any(not r.reachable for r in rows) else 0
+        return ExitCode.NO_QUORUM
+    return ExitCode.DEGRADED if any(not r.reachable for r in rows) else ExitCode.OK
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -136,6 +138,6 @@ def _down(args: argparse.Namespace) -> int:
     try:
         stopped = cluster.down()
     except LauncherError as err:
-        raise CliError(str(err), 4) from None
+        raise CliError(str(err), ExitCode.ERROR) from None
     print(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
     return 0
