@@ -168,3 +168,28 @@ def _page_shows_the_banner(cluster: LocalCluster) -> None:
         keep = Path(tempfile.gettempdir()) / "bkv-status-page-no-quorum.png"
         keep.write_bytes(shot.read_bytes())  # for a look by eye after the run
     assert BANNER_RED in colours, "no red banner at the top of the screenshot"
+
+
+def test_a_paused_majority_is_no_quorum_too(cluster: LocalCluster, tmp_path: Path) -> None:
+    """SIGSTOPped nodes keep their sockets and answer nothing: ChatD's probes time out."""
+    account = f"paused-{secrets.token_hex(4)}"
+    register(cluster, tmp_path, account)
+    leader = cluster.leader(0)
+    assert leader is not None
+    victims = [n for n in cluster.nodes(0) if n != leader][:3]
+    try:
+        for node in victims:
+            cluster.pause_node(node)
+        started = time.monotonic()
+        lost = recover(cluster, account, PASSWORD, tmp_path / "never.key")
+        seconds = time.monotonic() - started
+        print(f"\nno-quorum answer (paused nodes) after {seconds:.2f}s")
+        assert lost.returncode == ExitCode.NO_QUORUM, lost.stderr
+        assert "the vault has no quorum: 3 of 5 nodes unreachable" in lost.stderr
+        assert seconds < NO_QUORUM_WITHIN
+    finally:
+        for node in victims:
+            cluster.resume_node(node)
+    cluster.wait_healthy(timeout=90)
+    back = recover(cluster, account, PASSWORD, tmp_path / "back.key")
+    assert back.returncode == 0, back.stderr
