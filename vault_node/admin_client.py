@@ -28,6 +28,10 @@ class AdminError(Exception):
     """The admin request failed; the message is one line for the operator."""
 
 
+class AdminUnavailableError(AdminError):
+    """No node answered (in time): retrying later may work."""
+
+
 class AdminRefusedError(AdminError):
     """The node dropped the connection at the first frame: almost surely a wrong secret."""
 
@@ -81,7 +85,7 @@ class AdminClient:
         )
         conn.encryptor = self._cipher
         if not conn.connect(host, node.port):
-            raise AdminError(f"cannot connect to {address}")
+            raise AdminUnavailableError(f"cannot connect to {address}")
         deadline = time.monotonic() + timeout
         try:
             while state["open"] and time.monotonic() < deadline:
@@ -91,12 +95,12 @@ class AdminClient:
         reply = state["reply"]
         if reply is None:
             if not state["connected"]:
-                raise AdminError(f"cannot connect to {address}")
+                raise AdminUnavailableError(f"cannot connect to {address}")
             if not state["greeted"]:
                 raise AdminRefusedError(
                     f"{address} closed the connection (is the transport secret right?)"
                 )
-            raise AdminError(f"no reply from {address} within {timeout:.0f}s")
+            raise AdminUnavailableError(f"no reply from {address} within {timeout:.0f}s")
         if not isinstance(reply, dict):
             raise AdminError(f"{address} refused the request: {reply}")
         return reply
@@ -116,7 +120,7 @@ class AdminClient:
         while True:
             remaining = end - time.monotonic()
             if remaining <= 0:
-                raise AdminError(f"gave up after {deadline_seconds:.0f}s: {problem}")
+                raise AdminUnavailableError(f"gave up after {deadline_seconds:.0f}s: {problem}")
             try:
                 reply = self.request(target, command, min(remaining, PER_TRY_SECONDS))
             except AdminRefusedError:

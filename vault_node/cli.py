@@ -2,8 +2,9 @@
 
 Admin commands (`member`, `snapshot`) live in ``vault_node.admin_cli``.
 
-Exit codes: 0 ok, 1 unexpected failure or cannot listen, 2 bad configuration or keys,
-3 the cluster refused an admin request or did not answer in time (admin commands).
+Exit codes (the project-wide table of ``client_sdk.cli.exit_codes``): 0 ok, 1
+unexpected failure or cannot listen, 2 bad configuration or keys; the admin
+commands add 1 refused change, 8 no answer in time, 12 transport secret refused.
 """
 
 from __future__ import annotations

@@ -99,6 +99,44 @@ def test_server_scripts_use_the_table(tmp_path: Path) -> None:
     assert done.returncode == ExitCode.USAGE and "Traceback" not in done.stderr
 
 
+def test_vault_admin_codes_are_the_table() -> None:
+    """The vault does not import the client SDK, so it mirrors the codes it uses."""
+    from vault_node import admin_cli
+    from vault_node.admin_client import AdminError, AdminRefusedError, AdminUnavailableError
+
+    assert admin_cli.EXIT_REFUSED == ExitCode.ERROR
+    assert admin_cli.EXIT_BAD_INPUT == ExitCode.USAGE
+    assert admin_cli._admin_code(AdminUnavailableError("no reply")) == ExitCode.UNAVAILABLE
+    assert admin_cli._admin_code(AdminRefusedError("secret")) == ExitCode.CONFIG
+    assert admin_cli._admin_code(AdminError("below 3 members")) == ExitCode.ERROR
+
+
+def test_vault_admin_without_an_answer_is_try_later(tmp_path: Path) -> None:
+    """A real `bkv-vault-node member list` against a Raft port nobody listens on."""
+    import socket
+
+    import tomli_w
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    secret = tmp_path / "transport.secret"
+    secret.write_text("s" * 40)
+    secret.chmod(0o600)
+    me = {"node_id": "n1", "datacenter": "dc1", "raft_address": dead,
+          "grpc_address": "127.0.0.1:1"}
+    config = tmp_path / "node.toml"
+    config.write_text(tomli_w.dumps({
+        **me, "shard": 0, "data_dir": str(tmp_path / "data"),
+        "fleet_file": str(tmp_path / "fleet"), "transport_secret_file": str(secret),
+        "peers": [me]}))
+    env = {k: v for k, v in os.environ.items() if k != "BKV_TRANSPORT_SECRET"}
+    done = run(str(BIN / "bkv-vault-node"), "member", "list", "--config", str(config),
+               "--timeout", "1", env=env)
+    assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
 def test_default_state_dir_honours_xdg_state_home(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "BKV_STATE_DIR"}
     env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
