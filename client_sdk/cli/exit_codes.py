@@ -125,7 +125,8 @@ def _backup_and_storage() -> list[tuple[type[BaseException] | tuple[type[BaseExc
         (backup.WrongKeyError, ExitCode.WRONG_SECRET),
         (backup.DamagedBackupError, ExitCode.DAMAGED),
         (backup.InvalidRecipientError, ExitCode.USAGE),
-        (backup.BackupError, ExitCode.ERROR),
+        ((backup.SourceError, backup.DestinationError), ExitCode.ERROR),
+        (backup.BackupError, ExitCode.USAGE),  # e.g. a backup id given where a URL belongs
         (storage.StorageURLError, ExitCode.USAGE),
         ((storage.StorageNotFound, storage.ObjectNotFound), ExitCode.STORAGE_MISSING),
         (storage.StorageUnavailable, ExitCode.UNAVAILABLE),
