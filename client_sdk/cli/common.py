@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from client_sdk.cli.exit_codes import ExitCode
+from client_sdk.cli.exit_codes import ExitCode, classify
 from client_sdk.keys import MAX_KEY_FILE_BYTES, BackupKey, KeyFormatError, read_key_file
 
 # The old codes, with their old values, for `bkv backup` only until it adopts ExitCode
@@ -32,6 +32,25 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = ExitCode.ERROR) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn any SDK error (vault, age, backup, storage, key) into a CliError with its code.
+
+    ``with cli_errors(): ...`` around a command's library calls is all a command
+    needs for the exit-code table; anything :func:`classify` does not know is a
+    bug and propagates unchanged.
+    """
+    try:
+        yield
+    except CliError:
+        raise
+    except Exception as err:
+        known = classify(err)
+        if known is None:
+            raise
+        raise CliError(known[1], known[0]) from None
 
 
 def load_key(key_file: str | Path | None) -> BackupKey:

@@ -95,6 +95,17 @@ def test_classify_leaves_unknown_errors_alone_and_try_later_is_told_apart() -> N
     assert len({int(c) for c in ExitCode}) == len(ExitCode)
 
 
+def test_cli_errors_wraps_sdk_errors_and_lets_bugs_through() -> None:
+    from client_sdk.cli.common import CliError, cli_errors
+
+    with pytest.raises(CliError) as caught, cli_errors():
+        raise storage.StorageNotFound("no folder ./backups")
+    assert (caught.value.exit_code, str(caught.value)) == (ExitCode.STORAGE_MISSING,
+                                                           "no folder ./backups")
+    with pytest.raises(RuntimeError), cli_errors():
+        raise RuntimeError("a bug")
+
+
 def test_server_scripts_use_the_table(tmp_path: Path) -> None:
     bad = tmp_path / "chatd.toml"
     bad.write_text("listen = 1\n")
