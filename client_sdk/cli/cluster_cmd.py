@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ def register(sub: Any) -> None:
         "status", help="show every node by data center (local cluster, or --config)",
         description="Every vault node by data center: role, term, commit index, applied, lag "
                     "and health. Exit 0 healthy, 10 some node unreachable, 9 a shard without a "
-                    "leader (no quorum), 8 no ChatD answers.")
+                    "leader or a majority (no quorum), 8 no ChatD answers.")
     status.add_argument("--config", type=Path, default=None,
                         help="client config of any cluster (e.g. deploy/state/client.toml): "
                              "ask its ChatDs instead of the local cluster's nodes")
@@ -126,9 +127,29 @@ def _report(rows: list[Any], chatds: list[dict[str, Any]], as_json: bool) -> int
             line += f"  metrics http://{c['metrics']}/metrics" if c["metrics"] else ""
             line += f"  status page {c['status_page']}" if c["status_page"] else ""
             print(line)
-    if shards_without_leader(rows):
+    lost = shards_without_quorum(rows)
+    for shard, (down, total) in sorted(lost.items()):
+        print(f"shard {shard}: NO QUORUM, {down} of {total} nodes unreachable", file=sys.stderr)
+    if lost or shards_without_leader(rows):
         return ExitCode.NO_QUORUM
     return ExitCode.DEGRADED if any(not r.reachable for r in rows) else ExitCode.OK
+
+
+def shards_without_quorum(rows: list[Any]) -> dict[int, tuple[int, int]]:
+    """``{shard: (unreachable, total)}`` for shards where no majority of nodes answers.
+
+    A leader cut off from its majority may still call itself leader; this counts
+    answers instead. Rows of unknown shard count for the only shard, if there is one.
+    """
+    shards = sorted({r.shard for r in rows if r.shard >= 0})
+    unknown = [r for r in rows if r.shard < 0]
+    lost = {}
+    for shard in shards:
+        members = [r for r in rows if r.shard == shard] + (unknown if len(shards) == 1 else [])
+        down = sum(1 for r in members if not r.reachable)
+        if len(members) - down <= len(members) // 2:
+            lost[shard] = (down, len(members))
+    return lost
 
 
 def _down(args: argparse.Namespace) -> int:

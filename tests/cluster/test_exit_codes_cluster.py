@@ -137,6 +137,10 @@ def test_no_quorum_is_said_promptly_with_its_own_code_and_shown_on_the_page(
                                "try again later\n")
         assert seconds < NO_QUORUM_WITHIN
         assert not (tmp_path / "never.key").exists()
+        status = subprocess.run([BKV, "cluster", "status", "--state-dir", str(cluster.state_dir)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert status.returncode == ExitCode.NO_QUORUM, status.stdout + status.stderr
+        assert "shard 0: NO QUORUM, 3 of 5 nodes unreachable" in status.stderr
         _page_shows_the_banner(cluster)
     finally:
         for node in victims:
