@@ -39,6 +39,7 @@ VIEW_FRESH_SECONDS = 2.0
 # a node restarting or one lost probe does not make it say so.
 NO_QUORUM_CONFIRM_SECONDS = 1.0
 VIEW_POLL_SECONDS = 0.25  # how often a waiting forward looks at the view
+COMMIT_PATIENCE_SECONDS = 0.5  # a call waits this long before the view may cancel it
 # The vault's own UNAVAILABLE answer: the node is up (its commit did not make it).
 _NODE_ANSWERED_UNAVAILABLE = "commit timed out"
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -123,7 +124,9 @@ class ShardRouter:
             if tries and self._on_retry is not None:
                 self._on_retry()
             tries += 1
-            lost = self.quorum_lost()
+            # Only after a try failed: a leader that answers is never second-guessed by
+            # the view (followers too busy to answer a probe in time still commit).
+            lost = self.quorum_lost() if tries > 1 else None
             if lost is not None:
                 raise no_quorum_failure(*lost)
             remaining = deadline - time.monotonic()
@@ -163,15 +166,18 @@ class ShardRouter:
         """One ``Handle`` call; while it waits (a leader stuck committing), watch the view.
 
         The wait is bounded by the call's own ``timeout``; a quorum lost meanwhile
-        cancels the call and ends the forward with "no quorum".
+        (and a call that waited :data:`COMMIT_PATIENCE_SECONDS` already, well
+        beyond a healthy commit) cancels the call and ends the forward with "no quorum".
         """
         call = self._stubs[target].Handle.future(request, timeout=timeout)
+        started = time.monotonic()
         for _ in range(int(timeout / VIEW_POLL_SECONDS) + 2):
             try:
                 reply: envelope_pb2.SealedResponse = call.result(timeout=VIEW_POLL_SECONDS)
                 return reply
             except grpc.FutureTimeoutError:
-                lost = self.quorum_lost()
+                waited = time.monotonic() - started
+                lost = self.quorum_lost() if waited >= COMMIT_PATIENCE_SECONDS else None
                 if lost is not None:
                     call.cancel()
                     raise no_quorum_failure(*lost) from None

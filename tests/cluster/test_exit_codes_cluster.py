@@ -34,7 +34,7 @@ pytestmark = pytest.mark.cluster
 LIMIT = 3
 PASSWORD = "correct horse battery staple"
 BKV = str(Path(sys.executable).parent / "bkv")
-NO_QUORUM_WITHIN = 6.0  # seconds; the deadline is 15 (about 2 s measured)
+NO_QUORUM_WITHIN = 7.5  # half the 15 s deadline; measured: about 2 s (killed), 3.6 s (paused)
 BANNER_RED = bytes((0xBB, 0x00, 0x00))  # .noquorum background (#b00)
 
 
