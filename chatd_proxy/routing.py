@@ -9,9 +9,10 @@ point ChatD at an arbitrary address.
 The router also keeps a view of which nodes answer at all (from its own tries
 and from the health probes). When every node was seen recently and more than
 a minority have been silent for :data:`NO_QUORUM_CONFIRM_SECONDS`, no leader can
-be elected: ``forward`` then fails at once with UNAVAILABLE and the trailing
-metadata ``bkv-no-quorum: "<unreachable>/<total>"`` instead of retrying until
-the deadline. A leader change (a majority still answering) is retried as before.
+be elected: ``forward`` then fails (after a failed try, or a leader stuck on a
+commit) with UNAVAILABLE and the trailing metadata
+``bkv-no-quorum: "<unreachable>/<total>"`` instead of retrying until the
+deadline. A leader change (a majority still answering) is retried as before.
 """
 
 from __future__ import annotations
