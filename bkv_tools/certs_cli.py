@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="bkv-certs",
         description="make the cluster CA and the TLS certificates of vault nodes, ChatDs "
                     "and probes (private keys 0600; existing files kept)")
+    from bkv_tools.cli import package_version
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="layout", required=True, metavar="LAYOUT")
     compose = sub.add_parser("compose", help="the docker compose deployment")
     compose.add_argument("--out", type=Path, default=Path("deploy/state/tls"))

@@ -211,6 +211,18 @@ class LocalCluster:
         self._reap(node_id, 1.0)
         self._pid_path(node_id).unlink(missing_ok=True)
 
+    def pause_node(self, node_id: str) -> None:
+        """SIGSTOP one node: it keeps its sockets but answers nothing (a hung host)."""
+        self.node(node_id)
+        if not self._running(node_id):
+            raise LauncherError(f"{node_id} is not running")
+        self._signal(node_id, signal.SIGSTOP)
+
+    def resume_node(self, node_id: str) -> None:
+        """SIGCONT a node paused with :meth:`pause_node`."""
+        self.node(node_id)
+        self._signal(node_id, signal.SIGCONT)
+
     def restart_node(self, node_id: str) -> None:
         """Start one node again (killing it first if it still runs)."""
         if self._running(node_id):

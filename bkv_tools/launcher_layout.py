@@ -237,6 +237,8 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
             "log_format": "json",
             "metrics_address": chatd["metrics_address"],
             "status_address": chatd["status_address"],
+            "peer_status_addresses": [c["status_address"] for c in layout["chatd"]
+                                      if c is not chatd and c.get("status_address")],
             **(tls_config_keys(state_dir / TLS_DIR / chatd["name"]) if use_tls else {}),
         }
         (config_dir / f"{chatd['name']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")

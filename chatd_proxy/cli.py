@@ -1,6 +1,7 @@
 """`bkv-chatd --config FILE`: run the ChatD front end until SIGTERM/SIGINT.
 
-Exit codes: 0 clean stop, 2 bad configuration, 4 cannot listen.
+Exit codes (the table of ``bkv_tools.cli.exit_codes``): 0 clean stop, 2 bad
+configuration, 1 cannot listen.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bkv-chatd", description="Front end that routes sealed envelopes to the vault."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
     except (OSError, TlsError) as err:
         print(f"bkv-chatd: {err}", file=sys.stderr)
-        return 4
+        return 1
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -56,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         pass
     server.stop()
     return 0
+
+
+def _version() -> str:
+    """The installed distribution's version, for `--version`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("backup-key-vault")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 if __name__ == "__main__":

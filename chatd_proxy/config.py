@@ -41,6 +41,8 @@ class ChatDConfig:
     rate_limit: RateLimitConfig = RateLimitConfig()
     metrics_address: str = ""  # Prometheus scrape endpoint (host:port); "" disables it
     status_address: str = ""  # read-only HTTP status page (host:port); "" disables it
+    # other ChatDs' status_address: the page shows their request rates too
+    peer_status_addresses: tuple[str, ...] = ()
     log_format: str = ""  # "json" | "text"; "" picks text on a terminal, json otherwise
     # TLS (all three or none): this certificate serves devices and is shown to vault
     # nodes (mutual TLS); vault nodes must present a vault-node certificate of tls_ca_file
@@ -64,7 +66,8 @@ class ChatDConfig:
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> ChatDConfig:
         known = {"listen", "datacenter", "token_public_key", "deadline_seconds", "rate_limit",
-                 "shards", "metrics_address", "status_address", "log_format",
+                 "shards", "metrics_address", "status_address", "peer_status_addresses",
+                 "log_format",
                  "tls_cert_file", "tls_key_file", "tls_ca_file"}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -94,9 +97,16 @@ class ChatDConfig:
             rate_limit=_rate_limit(raw.get("rate_limit", {})),
             metrics_address=_metrics_address(raw.get("metrics_address")),
             status_address=_optional_address(raw.get("status_address"), "status_address"),
+            peer_status_addresses=_peer_addresses(raw.get("peer_status_addresses", [])),
             log_format=_log_format(raw.get("log_format", "")),
             **_tls_files(raw),
         )
+
+
+def _peer_addresses(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list) or len(raw) > 64:
+        raise ConfigError("peer_status_addresses must be a list of host:port (at most 64)")
+    return tuple(_address(a, "peer_status_addresses") for a in raw)
 
 
 def _rate_limit(raw: object) -> RateLimitConfig:

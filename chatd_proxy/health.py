@@ -4,11 +4,11 @@ ChatD is SERVING (for ``""`` and ``bkv.v1.ChatD``) when, for every shard, at
 least one vault node says it is SERVING, i.e. knows its Raft leader: then a
 ``Forward`` can reach someone who answers. The check asks the nodes' own
 health service, which costs the node a dictionary lookup (``Vault.Status``
-hashes the whole state). Per shard it asks one node first (the router's cached
-leader, else the node that last said SERVING) and all nodes in parallel only if
-that one does not, so a steady shard costs one call per
+hashes the whole state). Per shard it asks every node in parallel, once per
 :data:`HEALTH_INTERVAL_SECONDS` (:data:`RECOVERY_INTERVAL_SECONDS` while not
-serving). Shutdown turns ChatD NOT_SERVING for good.
+serving). Every answer or silence also feeds the router's quorum view, so a
+shard that lost its majority is named as such without waiting for a request to
+time out. Shutdown turns ChatD NOT_SERVING for good.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ VAULT_SERVICE_NAME = "bkv.v1.Vault"
 SERVICE_NAMES = (OVERALL, CHATD_SERVICE_NAME)
 HEALTH_INTERVAL_SECONDS = 1.0
 RECOVERY_INTERVAL_SECONDS = 0.25  # while NOT_SERVING: notice a new leader soon
-PROBE_TIMEOUT_SECONDS = 0.5
+PROBE_TIMEOUT_SECONDS = 1.0
 __all__ = ["NOT_SERVING", "SERVING", "ChatDHealth", "ShardProbe"]
 
 
@@ -37,7 +37,6 @@ class ShardProbe:
     def __init__(self, router: ShardRouter, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
         self._router = router
         self._timeout = timeout
-        self._last_good: str | None = None
         # the router's short reconnect backoff: a node that comes back is seen within a second
         self._channels = {a: open_channel(a, router.tls, CHANNEL_OPTIONS) for a in router.nodes}
         self._stubs = {a: health_pb2_grpc.HealthStub(ch) for a, ch in self._channels.items()}
@@ -47,11 +46,12 @@ class ShardProbe:
             channel.close()
 
     def has_leader(self) -> bool:
-        """True if some node of the shard is SERVING; one call when the usual node is."""
-        first = self._router.leader or self._last_good
-        if first is not None and first in self._stubs and self._ask([first]):
-            return True
-        return self._ask([a for a in self._router.nodes if a != first])
+        """True if some node of the shard is SERVING; every node is asked, in parallel.
+
+        Asking all (not only the usual node) keeps the router's quorum view fresh,
+        so a lost majority is named within a couple of seconds.
+        """
+        return self._ask(list(self._router.nodes))
 
     def _ask(self, addresses: Sequence[str]) -> bool:
         request = health_pb2.HealthCheckRequest(service=VAULT_SERVICE_NAME)
@@ -62,10 +62,10 @@ class ShardProbe:
             try:
                 reply = call.result()
             except grpc.RpcError:
+                self._router.note(address, False)
                 continue
-            if reply.status == SERVING and not found:
-                found = True
-                self._last_good = address
+            self._router.note(address, True)
+            found = found or reply.status == SERVING
         return found
 
 

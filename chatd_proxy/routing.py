@@ -5,6 +5,14 @@ follows the ``bkv-leader`` hint a follower returns, and on a dead or unknown
 node tries the others with exponential backoff until the deadline. A hint is
 followed only if it names a configured node of that shard, so a node can't
 point ChatD at an arbitrary address.
+
+The router also keeps a view of which nodes answer at all (from its own tries
+and from the health probes). When every node was seen recently and more than
+a minority have been silent for :data:`NO_QUORUM_CONFIRM_SECONDS`, no leader can
+be elected: ``forward`` then fails (after a failed try, or a leader stuck on a
+commit) with UNAVAILABLE and the trailing metadata
+``bkv-no-quorum: "<unreachable>/<total>"`` instead of retrying until the
+deadline. A leader change (a majority still answering) is retried as before.
 """
 
 from __future__ import annotations
@@ -25,6 +33,16 @@ from bkv_ops.tls import ClientTls, open_channel
 log = logging.getLogger("bkv.chatd.routing")
 
 LEADER_METADATA_KEY = "bkv-leader"
+NO_QUORUM_METADATA_KEY = "bkv-no-quorum"
+# A node's answer (or silence) counts for the quorum view this long.
+VIEW_FRESH_SECONDS = 3.0
+# Fewer than a majority must answer this long before ChatD calls it "no quorum":
+# a node restarting, a node slow under load, or one lost probe does not make it say so.
+NO_QUORUM_CONFIRM_SECONDS = 2.0
+VIEW_POLL_SECONDS = 0.25  # how often a waiting forward looks at the view
+COMMIT_PATIENCE_SECONDS = 0.5  # a call waits this long before the view may cancel it
+# The vault's own UNAVAILABLE answer: the node is up (its commit did not make it).
+_NODE_ANSWERED_UNAVAILABLE = "commit timed out"
 MAX_MESSAGE_BYTES = 64 * 1024
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -43,10 +61,24 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION}
 
 @dataclass(frozen=True)
 class VaultFailure(Exception):
-    """The shard answered with a final error, or nobody answered in time."""
+    """The shard answered with a final error, or nobody answered in time.
+
+    ``no_quorum`` is ``(unreachable, total)`` when the shard lost its majority.
+    """
 
     code: grpc.StatusCode
     details: str
+    no_quorum: tuple[int, int] | None = None
+
+
+def no_quorum_failure(unreachable: int, total: int) -> VaultFailure:
+    """The failure ChatD returns for a shard without a majority of reachable nodes."""
+    return VaultFailure(
+        grpc.StatusCode.UNAVAILABLE,
+        f"the vault has no quorum: {unreachable} of {total} nodes unreachable; "
+        "try again later",
+        (unreachable, total),
+    )
 
 
 class ShardRouter:
@@ -68,6 +100,8 @@ class ShardRouter:
         self._leader: str | None = None
         self._next = 0
         self._channels = {addr: open_channel(addr, tls, CHANNEL_OPTIONS) for addr in self.nodes}
+        # node -> (answered, when last seen, silent since: the first unanswered try in a row)
+        self._seen: dict[str, tuple[bool, float, float | None]] = {}
         self._stubs = {addr: services_pb2_grpc.VaultStub(ch) for addr, ch in self._channels.items()}
 
     def close(self) -> None:
@@ -91,16 +125,22 @@ class ShardRouter:
             if tries and self._on_retry is not None:
                 self._on_retry()
             tries += 1
+            # Only after a try failed: a leader that answers is never second-guessed by
+            # the view (followers too busy to answer a probe in time still commit).
+            lost = self.quorum_lost() if tries > 1 else None
+            if lost is not None:
+                raise no_quorum_failure(*lost)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise VaultFailure(grpc.StatusCode.UNAVAILABLE, "no vault leader reachable")
             target = self._pick()
             try:
-                reply: envelope_pb2.SealedResponse = self._stubs[target].Handle(
-                    request, timeout=min(remaining, PER_TRY_SECONDS)
-                )
+                reply = self._handle(target, request, min(remaining, PER_TRY_SECONDS))
             except grpc.RpcError as err:
                 code = err.code()
+                answered = _answered(err)
+                if answered is not None:
+                    self.note(target, answered)
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     log.warning("shard %d: node %s did not answer in time", self.shard, target)
                     self._forget(target)
@@ -117,9 +157,64 @@ class ShardRouter:
                 time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, remaining)))
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
                 continue
+            self.note(target, True)
             with self._lock:
                 self._leader = target
             return reply
+
+    def _handle(self, target: str, request: envelope_pb2.SealedRequest, timeout: float
+                ) -> envelope_pb2.SealedResponse:
+        """One ``Handle`` call; while it waits (a leader stuck committing), watch the view.
+
+        The wait is bounded by the call's own ``timeout``; a quorum lost meanwhile
+        (and a call that waited :data:`COMMIT_PATIENCE_SECONDS` already, well
+        beyond a healthy commit) cancels the call and ends the forward with "no quorum".
+        """
+        call = self._stubs[target].Handle.future(request, timeout=timeout)
+        started = time.monotonic()
+        for _ in range(int(timeout / VIEW_POLL_SECONDS) + 2):
+            try:
+                reply: envelope_pb2.SealedResponse = call.result(timeout=VIEW_POLL_SECONDS)
+                return reply
+            except grpc.FutureTimeoutError:
+                waited = time.monotonic() - started
+                lost = self.quorum_lost() if waited >= COMMIT_PATIENCE_SECONDS else None
+                if lost is not None:
+                    call.cancel()
+                    raise no_quorum_failure(*lost) from None
+        reply = call.result()  # past the call's deadline: it has ended by now
+        return reply
+
+    def note(self, address: str, answered: bool, now: float | None = None) -> None:
+        """Record that ``address`` answered (any gRPC status of its own) or did not."""
+        if address not in self._channels:
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            before = self._seen.get(address)
+            silent_since = None
+            if not answered:
+                silent_since = before[2] if before is not None and before[2] is not None else now
+            self._seen[address] = (answered, now, silent_since)
+
+    def quorum_lost(self, now: float | None = None) -> tuple[int, int] | None:
+        """``(unreachable, total)`` once fewer than a majority answer, confirmed; else None.
+
+        Needs a recent observation of every node: a stale or partial view never
+        counts as lost, so the default stays "retry until the deadline".
+        """
+        now = time.monotonic() if now is None else now
+        total = len(self.nodes)
+        with self._lock:
+            seen = [self._seen.get(a) for a in self.nodes]
+        fresh = [s for s in seen if s is not None and now - s[1] <= VIEW_FRESH_SECONDS]
+        if len(fresh) < total:
+            return None
+        silent = [s[2] for s in fresh if not s[0] and s[2] is not None]
+        confirmed = sum(1 for since in silent if now - since >= NO_QUORUM_CONFIRM_SECONDS)
+        if total - confirmed > total // 2:
+            return None
+        return len(silent), total
 
     def _pick(self) -> str:
         with self._lock:
@@ -171,6 +266,21 @@ def _leader_hint(err: grpc.RpcError) -> str | None:
         if key == LEADER_METADATA_KEY and isinstance(value, str) and value:
             return value
     return None
+
+
+def _answered(err: grpc.RpcError) -> bool | None:
+    """Whether the node itself answered (a status of its own); None when it can't be told.
+
+    A timeout says nothing: a leader waiting for a commit is up, a paused node is
+    not (the health probes, which answer at once, tell them apart).
+    """
+    code = err.code() if hasattr(err, "code") else None
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        details = err.details() if hasattr(err, "details") else None
+        return isinstance(details, str) and details.startswith(_NODE_ANSWERED_UNAVAILABLE)
+    return True
 
 
 def _final_details(err: grpc.RpcError) -> str:

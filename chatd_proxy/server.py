@@ -25,7 +25,12 @@ from chatd_proxy.config import ChatDConfig
 from chatd_proxy.health import ChatDHealth
 from chatd_proxy.metrics import ChatDMetrics
 from chatd_proxy.ratelimit import RateLimiter, client_address
-from chatd_proxy.routing import MAX_MESSAGE_BYTES, ShardRouter, VaultFailure
+from chatd_proxy.routing import (
+    MAX_MESSAGE_BYTES,
+    NO_QUORUM_METADATA_KEY,
+    ShardRouter,
+    VaultFailure,
+)
 from chatd_proxy.tokencache import VerifiedTokenCache
 
 if TYPE_CHECKING:
@@ -103,6 +108,11 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
             return router.forward(request, self._config.deadline_seconds)
         except VaultFailure as failure:
             log.info("shard %d: forward failed: %s", request.shard, failure.code.name)
+            if failure.no_quorum is not None:
+                # tells the device "try later" at once; the sealed protocol is untouched
+                unreachable, total = failure.no_quorum
+                context.set_trailing_metadata(
+                    ((NO_QUORUM_METADATA_KEY, f"{unreachable}/{total}"),))
             _abort(context, failure.code, failure.details)
         finally:
             self.metrics.forwarded(started)
@@ -171,7 +181,9 @@ class ChatDServer:
             from chatd_proxy.status_page import StatusPage
 
             self.status_page = StatusPage(self.service.node_statuses,
-                                          self.service.metrics.requests, self.config.datacenter)
+                                          self.service.metrics.requests, self.config.datacenter,
+                                          shards=self.config.shards,
+                                          peers=self.config.peer_status_addresses)
             self.status_port = self.status_page.serve(self.config.status_address)
         self._server.start()
         self.health.start()

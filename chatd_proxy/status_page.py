@@ -2,8 +2,11 @@
 
 Served over plain HTTP on ``status_address`` (loopback by default: put it behind
 the operator's own access control). GET only; it shows what ``ClusterStatus``
-shows (roles, terms, indexes, lag, health) and ChatD's request counts by final
-status: never an account, a token or a payload. The page has no external
+shows (roles, terms, indexes, lag, health), a banner for every shard that has
+lost its quorum (fewer than a majority of its nodes answer), and the request
+rates by final status of this ChatD and of the peer ChatDs named in
+``peer_status_addresses`` (read from their ``/rates.json``, server side, with a
+short timeout): never an account, a token or a payload. The page has no external
 assets, and a Content-Security-Policy that admits only its own inline script
 and style (by hash) and fetches to the same origin.
 """
@@ -16,8 +19,9 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,6 +35,8 @@ log = logging.getLogger("bkv.chatd.status")
 SAMPLE_SECONDS = 1.0
 WINDOWS = (("10s", 10.0), ("1m", 60.0))
 CACHE_SECONDS = 1.0
+PEER_TIMEOUT_SECONDS = 0.5
+MAX_PEER_REPLY_BYTES = 64 * 1024
 StatusSource = Callable[[], list[tuple[str, services_pb2.NodeStatus | None]]]
 
 
@@ -76,8 +82,18 @@ def counter_totals(counter: Counter) -> dict[str, float]:
 class StatusPage:
     """The HTTP server, the rate sampler and a short cache of the cluster's status."""
 
-    def __init__(self, source: StatusSource, requests: Counter, datacenter: str) -> None:
+    def __init__(
+        self,
+        source: StatusSource,
+        requests: Counter,
+        datacenter: str,
+        *,
+        shards: Sequence[Sequence[str]] = (),
+        peers: Sequence[str] = (),
+    ) -> None:
         self._source = source
+        self._shards = [tuple(nodes) for nodes in shards]  # configured node addresses
+        self._peers = list(peers)  # other ChatDs' status addresses (host:port)
         self._requests = requests
         self._datacenter = datacenter
         self._window = RateWindow()
@@ -99,15 +115,57 @@ class StatusPage:
                 if st is not None:
                     self._known[address] = NodeIdentity(st.node_id, st.datacenter, st.shard)
             rows = build_rows(entries, self._known)
+            own = self.rates(now)
             doc = status_document(
                 rows,
                 chatd={"datacenter": self._datacenter},
-                chatd_requests_per_second={name: self._window.rates(now, seconds)
-                                           for name, seconds in WINDOWS},
+                chatd_requests_per_second=own["requests_per_second"],
+                chatds=[own, *(self._peer_rates(peer) for peer in self._peers)],
+                no_quorum=self._no_quorum(entries),
                 generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
             self._cache = (now, doc)
             return doc
+
+    def rates(self, now: float | None = None) -> dict[str, Any]:
+        """This ChatD's requests per second by outcome (the ``/rates.json`` document)."""
+        now = time.monotonic() if now is None else now
+        return {"datacenter": self._datacenter, "reachable": True,
+                "requests_per_second": {name: self._window.rates(now, seconds)
+                                        for name, seconds in WINDOWS}}
+
+    def _no_quorum(
+        self, entries: list[tuple[str, services_pb2.NodeStatus | None]]
+    ) -> list[dict[str, int]]:
+        """Shards where no majority of the configured nodes answers: no leader is possible."""
+        answered = {address for address, st in entries if st is not None}
+        lost = []
+        for shard, nodes in enumerate(self._shards):
+            up = sum(1 for a in nodes if a in answered)
+            if nodes and up <= len(nodes) // 2:
+                lost.append({"shard": shard, "unreachable": len(nodes) - up,
+                             "total": len(nodes)})
+        return lost
+
+    def _peer_rates(self, peer: str) -> dict[str, Any]:
+        """A peer ChatD's ``/rates.json``, checked for shape; unreachable on any failure."""
+        down: dict[str, Any] = {"datacenter": peer, "reachable": False,
+                                "requests_per_second": {}}
+        try:
+            with urllib.request.urlopen(
+                f"http://{peer}/rates.json", timeout=PEER_TIMEOUT_SECONDS
+            ) as reply:
+                doc = json.loads(reply.read(MAX_PEER_REPLY_BYTES))
+        except (OSError, ValueError):
+            return down
+        rates = doc.get("requests_per_second") if isinstance(doc, dict) else None
+        name = doc.get("datacenter") if isinstance(doc, dict) else None
+        if not isinstance(rates, dict) or not isinstance(name, str):
+            return down
+        clean = {str(w)[:16]: {str(k)[:32]: float(v) for k, v in r.items()
+                               if isinstance(v, int | float)}
+                 for w, r in rates.items() if isinstance(r, dict)}
+        return {"datacenter": name[:64], "reachable": True, "requests_per_second": clean}
 
     def serve(self, address: str) -> int:
         """Listen on ``host:port`` (0 picks a port), start the threads; return the port."""
@@ -154,6 +212,8 @@ td:first-child,th:first-child{text-align:left}
 tr.leader{background:#d9f2d9;font-weight:bold}tr.unreachable{background:#f8d7d7;color:#822}
 .bad{color:#b00;font-weight:bold}#rates{margin-top:1em;background:#fff;border:1px solid #ccd;
 border-radius:6px;padding:.6em 1em;display:inline-block}
+.noquorum{background:#b00;color:#fff;font-weight:bold;font-size:1.15em;padding:.6em 1em;
+border-radius:6px;margin-bottom:1em}
 """
 
 _SCRIPT = """
@@ -181,12 +241,21 @@ function render(doc){
   meta.textContent='ChatD '+doc.chatd.datacenter+' \\u2014 leader '+(lead||'none')+
     ' \\u2014 updated '+doc.generated_at;
   meta.className=doc.shards_without_leader.length?'bad':'';
+  const b=document.getElementById('banner');b.textContent='';
+  for(const q of doc.no_quorum){
+    const p=document.createElement('div');p.className='noquorum';
+    p.textContent='NO QUORUM \u2014 shard '+q.shard+': '+q.unreachable+' of '+q.total+
+      ' vault nodes unreachable. Requests fail with "no quorum" until a majority is back.';
+    b.appendChild(p);}
   const r=document.getElementById('rates');r.textContent='';
   const h=document.createElement('b');h.textContent='ChatD requests/s';r.appendChild(h);
-  for(const [w,rates] of Object.entries(doc.chatd_requests_per_second)){
-    const p=document.createElement('div');const parts=Object.entries(rates)
-      .map(([k,v])=>k+' '+v.toFixed(2));p.textContent=w+': '+(parts.join(', ')||'none');
-    r.appendChild(p);}
+  for(const c of doc.chatds){
+    const p=document.createElement('div');p.className='chatd';
+    if(!c.reachable){p.textContent='ChatD '+c.datacenter+': not answering';r.appendChild(p);
+      continue;}
+    const parts=Object.entries(c.requests_per_second).map(([w,rates])=>w+': '+
+      (Object.entries(rates).map(([k,v])=>k+' '+v.toFixed(2)).join(', ')||'none'));
+    p.textContent='ChatD '+c.datacenter+' \u2014 '+parts.join('; ');r.appendChild(p);}
   document.body.dataset.state='rendered';
 }
 async function tick(){
@@ -200,7 +269,8 @@ tick();setInterval(tick,2000);
 PAGE = (
     "<!doctype html><html lang=en><head><meta charset=utf-8>"
     "<title>Backup Key Vault status</title><style>" + _STYLE + "</style></head><body>"
-    "<h1>Backup Key Vault cluster</h1><div id=meta>loading\u2026</div><div id=dcs></div>"
+    "<h1>Backup Key Vault cluster</h1><div id=banner></div>"
+    "<div id=meta>loading\u2026</div><div id=dcs></div>"
     "<div id=rates></div><script>" + _SCRIPT + "</script></body></html>"
 ).encode("utf-8")
 
@@ -227,6 +297,8 @@ def _handler(page: StatusPage) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             if path == "/":
                 self._send(200, "text/html; charset=utf-8", PAGE)
+            elif path == "/rates.json":  # what peer ChatDs read for their pages
+                self._send(200, "application/json", json.dumps(page.rates()).encode("utf-8"))
             elif path == "/status.json":
                 try:
                     body = json.dumps(page.snapshot()).encode("utf-8")

@@ -56,11 +56,17 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def default_state_dir() -> Path:
-    """``$BKV_STATE_DIR``, else ``~/.local/state/bkv/local-cluster`` (used by ``bkv cluster``)."""
+    """``$BKV_STATE_DIR``, else ``$XDG_STATE_HOME/bkv/local-cluster`` (used by ``bkv cluster``).
+
+    ``XDG_STATE_HOME`` defaults to ``~/.local/state``; like the XDG spec says, an
+    empty or relative value is ignored.
+    """
     env = os.environ.get("BKV_STATE_DIR")
     if env:
         return Path(env).expanduser()
-    return Path.home() / ".local" / "state" / "bkv" / "local-cluster"
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "bkv" / "local-cluster"
 
 
 def default_client_config_path() -> Path:

@@ -3,7 +3,7 @@
 The classes follow what the caller must do differently: ask for another
 password (:class:`WrongPassword`), give up on the vault for this account
 (:class:`KeyDestroyed`, :class:`NotRegistered`), retry later
-(:class:`VaultUnavailable`, :class:`RateLimited`) or fix the setup
+(:class:`VaultUnavailable`, :class:`NoQuorum`, :class:`RateLimited`) or fix the setup
 (:class:`ConfigError`, :class:`AccountRejected`). Messages never contain a
 password, a key or a token.
 """
@@ -60,6 +60,20 @@ class AlreadyRegistered(VaultError):
 
 class VaultUnavailable(VaultError):
     """No ChatD / vault leader answered within the deadline: retrying later may work."""
+
+
+class NoQuorum(VaultUnavailable):
+    """The shard has lost its majority: no leader can be elected until nodes come back.
+
+    ChatD says so at once instead of letting the request run into the deadline;
+    retrying later (not with another password) is what may work.
+    """
+
+    def __init__(self, unreachable: int = 0, total: int = 0) -> None:
+        self.unreachable = unreachable
+        self.total = total
+        counted = f": {unreachable} of {total} nodes unreachable" if total else ""
+        super().__init__(f"the vault has no quorum{counted}; try again later")
 
 
 class ReplyAuthenticationError(VaultUnavailable):

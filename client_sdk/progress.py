@@ -19,6 +19,8 @@ ProgressCallback = Callable[[int, int | None], None]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _BAR_WIDTH = 24
+MIN_ETA_SECONDS = 1.0
+MAX_ETA_SECONDS = 100 * 3600.0
 
 
 def format_size(count: float) -> str:
@@ -39,9 +41,17 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def render(label: str, done: int, total: int | None, elapsed: float) -> str:
-    """One status line; a total smaller than ``done`` (an estimate) is treated as ``done``."""
-    rate = done / elapsed if elapsed > 0 else 0.0
+def render(
+    label: str, done: int, total: int | None, elapsed: float, *, rate: float | None = None
+) -> str:
+    """One status line; a total smaller than ``done`` (an estimate) is treated as ``done``.
+
+    ``rate`` defaults to ``done / elapsed``. The ETA stays "--:--" until
+    :data:`MIN_ETA_SECONDS` of transfer were measured (a first chunk over a few
+    milliseconds predicts nothing) and when it would exceed :data:`MAX_ETA_SECONDS`.
+    """
+    if rate is None:
+        rate = done / elapsed if elapsed > 0 else 0.0
     speed = f"{format_size(rate)}/s"
     if total is None or total <= 0:
         return f"{label} {format_size(done)}  {speed}"
@@ -49,7 +59,10 @@ def render(label: str, done: int, total: int | None, elapsed: float) -> str:
     fraction = done / total
     filled = int(fraction * _BAR_WIDTH)
     bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
-    eta = format_duration((total - done) / rate) if rate > 0 else "--:--"
+    left = (total - done) / rate if rate > 0 else None
+    measured = elapsed >= MIN_ETA_SECONDS
+    eta = format_duration(left) if measured and left is not None and left <= MAX_ETA_SECONDS \
+        else "--:--"
     return (
         f"{label} [{bar}] {fraction * 100:3.0f}% "
         f"{format_size(done)} / {format_size(total)}  {speed}  ETA {eta}"
@@ -78,9 +91,9 @@ class ProgressBar:
         self._label = label
         self._interval = interval
         self._lock = threading.Lock()
-        self._start = time.monotonic()
         self._last_draw = 0.0
         self._state: tuple[int, int | None] = (0, None)
+        self._first: tuple[float, int] | None = None  # (when, done) of the first report
         self._width = 0
         self._drawn = False
 
@@ -90,12 +103,18 @@ class ProgressBar:
         with self._lock:
             self._state = (done, total)
             now = time.monotonic()
+            if self._first is None:  # the rate is measured from here, not from construction
+                self._first = (now, done)
             if now - self._last_draw >= self._interval:
                 self._last_draw = now
                 self._draw(now)
 
     def _draw(self, now: float) -> None:
-        line = render(self._label, *self._state, now - self._start)
+        done, total = self._state
+        since, base = self._first if self._first is not None else (now, done)
+        measured = now - since
+        rate = (done - base) / measured if measured > 0 else 0.0
+        line = render(self._label, done, total, measured, rate=rate)
         pad = " " * max(0, self._width - len(line))
         self._width = len(line)
         self._stream.write(f"\r{line}{pad}")

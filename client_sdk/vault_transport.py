@@ -5,7 +5,10 @@ payload sealed to the fleet) and relays a sealed reply; nothing here needs to
 be secret from it except the bearer token. The transport tries the configured
 ChatD addresses in order and rotates on UNAVAILABLE / DEADLINE_EXCEEDED, all
 within one overall deadline; every other gRPC status is final and mapped to a
-:mod:`client_sdk.errors` class.
+:mod:`client_sdk.errors` class. An UNAVAILABLE carrying ChatD's ``bkv-no-quorum``
+trailer means the shard lost its majority: the other ChatDs are still asked once
+(another data center may see the leader), then :class:`NoQuorum` is raised
+without waiting for the deadline.
 
 A request retried after DEADLINE_EXCEEDED may have reached the vault already:
 a LOGIN_START may then count one guess twice. That errs on the side the guess
@@ -28,6 +31,7 @@ from client_sdk.config import ClientConfig
 from client_sdk.errors import (
     AccountRejected,
     ConfigError,
+    NoQuorum,
     RateLimited,
     VaultError,
     VaultProtocolError,
@@ -35,6 +39,7 @@ from client_sdk.errors import (
 )
 
 TOKEN_METADATA_KEY = "bkv-account-token"  # noqa: S105 (a header name, not a secret)
+NO_QUORUM_METADATA_KEY = "bkv-no-quorum"  # ChatD's trailer: "<unreachable>/<total>"
 TOKEN_TTL_SECONDS = 300
 MAX_CACHED_TOKENS = 1024  # accounts whose current token is kept for reuse
 MAX_MESSAGE_BYTES = 1 << 20
@@ -146,14 +151,19 @@ class ChatDTransport:
         per_try_cap = max(self._deadline / n, MIN_TRY_SECONDS)
         first = self._preferred
         last_failure = ""
+        tried: set[int] = set()
+        no_quorum: tuple[int, int] | None = None
         for attempt in range(ROUNDS * n):
             remaining = end - time.monotonic()
             if remaining <= 0:
                 break
+            if no_quorum is not None and len(tried) == n:
+                raise NoQuorum(*no_quorum)  # every ChatD tried, none reached a leader
             if attempt and attempt % n == 0:  # a whole round failed: let front ends recover
                 time.sleep(min(_BACKOFF_SECONDS * (attempt // n), remaining / 2))
                 remaining = end - time.monotonic()
             index = (first + attempt) % n
+            tried.add(index)
             stub = self._stub(self._addresses[index])
             try:
                 reply = stub.Forward(
@@ -166,12 +176,15 @@ class ChatDTransport:
                 details = err.details() if isinstance(err, grpc.Call) else None
                 if code in _RETRYABLE:
                     last_failure = _clean(details) or code.name
+                    no_quorum = _no_quorum(err) or no_quorum
                     continue
                 raise map_status(code, details) from None
             self._preferred = index
             sealed = reply.sealed
             assert isinstance(sealed, bytes)
             return sealed
+        if no_quorum is not None:
+            raise NoQuorum(*no_quorum)
         suffix = f" (last error: {last_failure})" if last_failure else ""
         raise VaultUnavailable(
             f"vault unreachable via {', '.join(self._addresses)}{self._tls_hint(last_failure)}"
@@ -228,6 +241,18 @@ def map_status(code: grpc.StatusCode, details: str | None) -> VaultError:
     if code in _RETRYABLE:
         return VaultUnavailable(f"vault unavailable{suffix}")
     return VaultError(f"ChatD call failed with {code.name}{suffix}")
+
+
+def _no_quorum(err: grpc.RpcError) -> tuple[int, int] | None:
+    """ChatD's ``bkv-no-quorum: "3/5"`` trailer as (unreachable, total), if present and sane."""
+    trailing: Any = err.trailing_metadata() if isinstance(err, grpc.Call) else None
+    for key, value in trailing or ():
+        if key != NO_QUORUM_METADATA_KEY or not isinstance(value, str):
+            continue
+        down, _, total = value.partition("/")
+        if down.isdigit() and total.isdigit() and 0 < int(down) <= int(total) <= 1000:
+            return int(down), int(total)
+    return None
 
 
 def _clean(details: str | None, limit: int = 200) -> str:

@@ -2,8 +2,9 @@
 
 Admin commands (`member`, `snapshot`) live in ``vault_node.admin.cli``.
 
-Exit codes: 0 ok, 1 unexpected failure, 2 bad configuration or keys, 3 the cluster
-refused an admin request or did not answer in time, 4 cannot listen.
+Exit codes (the project-wide table of ``bkv_tools.cli.exit_codes``): 0 ok, 1
+unexpected failure or cannot listen, 2 bad configuration or keys; the admin
+commands add 1 refused change, 8 no answer in time, 12 transport secret refused.
 """
 
 from __future__ import annotations
@@ -120,14 +121,14 @@ def _serve(config: Path, stop: threading.Event) -> int:
         node = VaultNode(NodeConfig.load(config))
     except (ConfigError, StartupError) as err:
         print(f"bkv-vault-node: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
+        return _cli_code(getattr(err, "exit_code", 2))
     try:
         node.start()
         while not stop.wait(0.5):
             pass
     except StartupError as err:
         print(f"bkv-vault-node: {err}", file=sys.stderr)
-        return err.exit_code
+        return _cli_code(err.exit_code)
     finally:
         node.stop()
     return 0
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bkv-vault-node", description="A member of the Backup Key Vault HSM fleet."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init-fleet", help="create the master key (if absent) and fleet secrets")
     init.add_argument("--master-key-file", type=Path)
@@ -171,6 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _version() -> str:
+    """The installed distribution's version, for `--version`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("backup-key-vault")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _cli_code(code: int) -> int:
+    """The project-wide code: 4 means "destroyed" in every command, so "cannot listen" is 1."""
+    return 1 if code == 4 else code
 
 
 if __name__ == "__main__":

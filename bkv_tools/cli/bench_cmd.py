@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bkv_tools.cli.common import CliError
+from bkv_tools.cli.exit_codes import ExitCode, classify
 
 
 def register(sub: Any) -> None:
@@ -33,7 +34,7 @@ def _lazy(module: str) -> Any:
         try:
             mod = importlib.import_module(module)
         except ImportError as err:
-            raise CliError(f"benchmark {module} is not available: {err}", 1) from None
+            raise CliError(f"benchmark {module} is not available: {err}", ExitCode.ERROR) from None
         code = mod.main()
         return int(code) if isinstance(code, int) else 0
 
@@ -47,11 +48,12 @@ def _vault(args: argparse.Namespace) -> int:
 
     for name in ("accounts", "recoveries", "clients"):
         if not 1 <= getattr(args, name) <= 100_000:
-            raise CliError(f"--{name} must be between 1 and 100000", 2)
+            raise CliError(f"--{name} must be between 1 and 100000", ExitCode.USAGE)
     settings = BenchSettings(accounts=args.accounts, recoveries=args.recoveries,
                              clients=min(args.clients, 64))
     try:
         run_bench(settings, config_path=args.config)
     except (LauncherError, VaultError) as err:
-        raise CliError(f"vault benchmark failed: {err}", 4) from None
+        code = (classify(err) or (ExitCode.ERROR, ""))[0]
+        raise CliError(f"vault benchmark failed: {err}", code) from None
     return 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bkv_tools.cli.common import CliError
+from bkv_tools.cli.exit_codes import ExitCode
 from client_sdk.config import ClientConfig, default_state_dir
 
 if TYPE_CHECKING:  # the launcher pulls in gRPC: import it only when a cluster command runs
@@ -26,8 +28,8 @@ def register(sub: Any) -> None:
     status = group.add_parser(
         "status", help="show every node by data center (local cluster, or --config)",
         description="Every vault node by data center: role, term, commit index, applied, lag "
-                    "and health. Exit 0 healthy, 3 some node unreachable, 4 no leader in a "
-                    "shard or nothing answers.")
+                    "and health. Exit 0 healthy, 10 some node unreachable, 9 a shard without a "
+                    "leader or a majority (no quorum), 8 no ChatD answers.")
     status.add_argument("--config", type=Path, default=None,
                         help="client config of any cluster (e.g. deploy/state/client.toml): "
                              "ask its ChatDs instead of the local cluster's nodes")
@@ -37,7 +39,8 @@ def register(sub: Any) -> None:
     down.set_defaults(handler=_down)
     for p in (up, status, down):
         p.add_argument("--state-dir", type=Path, default=None,
-                       help="cluster state directory (default: $BKV_STATE_DIR or "
+                       help="cluster state directory (default: $BKV_STATE_DIR, else "
+                            "$XDG_STATE_HOME/bkv/local-cluster, else "
                             "~/.local/state/bkv/local-cluster)")
 
 
@@ -50,7 +53,7 @@ def _cluster(args: argparse.Namespace, shards: int = 1) -> LocalCluster:
 
 def _up(args: argparse.Namespace) -> int:
     if not 1 <= args.shards <= 16:
-        raise CliError("--shards must be between 1 and 16", 2)
+        raise CliError("--shards must be between 1 and 16", ExitCode.USAGE)
     cluster = _cluster(args, args.shards)
     from bkv_tools.launcher import DEFAULT_UP_TIMEOUT, LauncherError
 
@@ -58,7 +61,7 @@ def _up(args: argparse.Namespace) -> int:
     try:
         cluster.up(timeout=DEFAULT_UP_TIMEOUT if args.timeout is None else args.timeout)
     except LauncherError as err:
-        raise CliError(str(err), 4) from None
+        raise CliError(str(err), ExitCode.ERROR) from None
     _print_status(cluster.status(), cluster.layout)
     print(f"client config: {cluster.client_config_path}")
     return 0
@@ -73,7 +76,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         views = cluster.status()
     except LauncherError as err:
-        raise CliError(str(err), 4) from None
+        raise CliError(str(err), ExitCode.ERROR) from None
     return _print_status(views, cluster.layout, as_json=args.json)
 
 
@@ -84,13 +87,13 @@ def _remote_status(config_path: Path, as_json: bool) -> int:
     try:
         client = ClientConfig.load(config_path)
     except ValueError as err:
-        raise CliError(str(err), 2) from None
+        raise CliError(str(err), ExitCode.USAGE) from None
     try:
         answer = ask_chatds(client.chatd, tls=client.tls)
     except ValueError as err:  # TlsError: the CA file can't be read
-        raise CliError(str(err), 2) from None
+        raise CliError(str(err), ExitCode.USAGE) from None
     if answer is None:
-        raise CliError(f"no ChatD answered ({', '.join(client.chatd)})", 4)
+        raise CliError(f"no ChatD answered ({', '.join(client.chatd)})", ExitCode.UNAVAILABLE)
     address, reply = answer
     return _report(rows_from_reply(reply), [{"name": "answering", "listen": address}], as_json)
 
@@ -124,9 +127,29 @@ def _report(rows: list[Any], chatds: list[dict[str, Any]], as_json: bool) -> int
             line += f"  metrics http://{c['metrics']}/metrics" if c["metrics"] else ""
             line += f"  status page {c['status_page']}" if c["status_page"] else ""
             print(line)
-    if shards_without_leader(rows):
-        return 4
-    return 3 if any(not r.reachable for r in rows) else 0
+    lost = shards_without_quorum(rows)
+    for shard, (down, total) in sorted(lost.items()):
+        print(f"shard {shard}: NO QUORUM, {down} of {total} nodes unreachable", file=sys.stderr)
+    if lost or shards_without_leader(rows):
+        return ExitCode.NO_QUORUM
+    return ExitCode.DEGRADED if any(not r.reachable for r in rows) else ExitCode.OK
+
+
+def shards_without_quorum(rows: list[Any]) -> dict[int, tuple[int, int]]:
+    """``{shard: (unreachable, total)}`` for shards where no majority of nodes answers.
+
+    A leader cut off from its majority may still call itself leader; this counts
+    answers instead. Rows of unknown shard count for the only shard, if there is one.
+    """
+    shards = sorted({r.shard for r in rows if r.shard >= 0})
+    unknown = [r for r in rows if r.shard < 0]
+    lost = {}
+    for shard in shards:
+        members = [r for r in rows if r.shard == shard] + (unknown if len(shards) == 1 else [])
+        down = sum(1 for r in members if not r.reachable)
+        if len(members) - down <= len(members) // 2:
+            lost[shard] = (down, len(members))
+    return lost
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -136,6 +159,6 @@ def _down(args: argparse.Namespace) -> int:
     try:
         stopped = cluster.down()
     except LauncherError as err:
-        raise CliError(str(err), 4) from None
+        raise CliError(str(err), ExitCode.ERROR) from None
     print(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
     return 0

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from bkv_tools.cli.exit_codes import ExitCode, classify
 from client_sdk.keys import MAX_KEY_FILE_BYTES, BackupKey, KeyFormatError, read_key_file
 
+# The old codes, with their old values, for `bkv backup` only until it adopts ExitCode
+# (bkv_tools.cli.exit_codes.classify); every other command uses ExitCode.
 EXIT_GENERIC = 1
 EXIT_BAD_INPUT = 2
 EXIT_DAMAGED = 3
@@ -21,15 +24,33 @@ STDIO = "-"
 
 
 class CliError(Exception):
-    """A user-facing error: printed as one line, no traceback, with a meaningful exit code.
+    """A user-facing error: printed as one line, no traceback, with its exit code.
 
-    Exit codes: 1 generic failure, 2 wrong key / wrong password / bad input,
-    3 damaged data, 4 storage or vault unreachable.
+    The codes are the :class:`~bkv_tools.cli.exit_codes.ExitCode` table.
     """
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = ExitCode.ERROR) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn any SDK error (vault, age, backup, storage, key) into a CliError with its code.
+
+    ``with cli_errors(): ...`` around a command's library calls is all a command
+    needs for the exit-code table; anything :func:`classify` does not know is a
+    bug and propagates unchanged.
+    """
+    try:
+        yield
+    except CliError:
+        raise
+    except Exception as err:
+        known = classify(err)
+        if known is None:
+            raise
+        raise CliError(known[1], known[0]) from None
 
 
 def load_key(key_file: str | Path | None) -> BackupKey:
@@ -41,25 +62,25 @@ def load_key(key_file: str | Path | None) -> BackupKey:
         try:
             return read_key_file(key_file)
         except KeyFormatError as err:
-            raise CliError(str(err), EXIT_BAD_INPUT) from None
+            raise CliError(str(err), ExitCode.USAGE) from None
         except OSError as err:
             message = f"can't read key file {key_file}: {err.strerror}"
-            raise CliError(message, EXIT_BAD_INPUT) from None
+            raise CliError(message, ExitCode.USAGE) from None
     try:
         if sys.stdin.isatty():
             text = getpass.getpass("Backup key (64 hex digits): ")
         else:
             text = sys.stdin.read(MAX_KEY_FILE_BYTES + 1)
     except (EOFError, UnicodeDecodeError):
-        raise CliError("no readable key on standard input", EXIT_BAD_INPUT) from None
+        raise CliError("no readable key on standard input", ExitCode.USAGE) from None
     if not text.strip():
-        raise CliError("no key given: use --key-file FILE or type the key on stdin", EXIT_BAD_INPUT)
+        raise CliError("no key given: use --key-file FILE or type the key on stdin", ExitCode.USAGE)
     if len(text) > MAX_KEY_FILE_BYTES:
-        raise CliError("standard input is too large to be a key", EXIT_BAD_INPUT)
+        raise CliError("standard input is too large to be a key", ExitCode.USAGE)
     try:
         return BackupKey.parse(text)
     except KeyFormatError as err:
-        raise CliError(f"key on standard input: {err}", EXIT_BAD_INPUT) from None
+        raise CliError(f"key on standard input: {err}", ExitCode.USAGE) from None
 
 
 @contextlib.contextmanager
@@ -71,7 +92,7 @@ def open_input(name: str) -> Iterator[BinaryIO]:
     try:
         handle = open(name, "rb")  # noqa: SIM115 - closed below, after the caller is done
     except OSError as err:
-        raise CliError(f"can't read {name}: {err.strerror}", EXIT_GENERIC) from None
+        raise CliError(f"can't read {name}: {err.strerror}", ExitCode.ERROR) from None
     with handle:
         yield handle
 
@@ -91,24 +112,24 @@ def atomic_output(name: str) -> Iterator[BinaryIO]:
         return
     target = Path(name)
     if target.is_dir():
-        raise CliError(f"{name} is a folder", EXIT_GENERIC)
+        raise CliError(f"{name} is a folder", ExitCode.ERROR)
     temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(temp, flags, 0o600)
     except OSError as err:
-        raise CliError(f"can't write {name}: {err.strerror}", EXIT_GENERIC) from None
+        raise CliError(f"can't write {name}: {err.strerror}", ExitCode.ERROR) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             try:
                 handle.flush()
             except OSError as err:
-                raise CliError(f"can't write {name}: {err.strerror}", EXIT_GENERIC) from None
+                raise CliError(f"can't write {name}: {err.strerror}", ExitCode.ERROR) from None
         try:
             os.replace(temp, target)
         except OSError as err:
-            raise CliError(f"can't write {name}: {err.strerror}", EXIT_GENERIC) from None
+            raise CliError(f"can't write {name}: {err.strerror}", ExitCode.ERROR) from None
     finally:
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bkv_tools.cli.common import CliError
+from bkv_tools.cli.exit_codes import ExitCode, classify
 
 
 def register(sub: Any) -> None:
@@ -26,9 +27,10 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         run_demo(args.state_dir, say=lambda line: print(line, flush=True))
     except (DemoFailed, BackupError) as err:
-        raise CliError(f"demo failed: {err}", 1) from None
+        raise CliError(f"demo failed: {err}", ExitCode.ERROR) from None
     except LauncherError as err:
-        raise CliError(f"demo failed: {err}", 4) from None
+        raise CliError(f"demo failed: {err}", ExitCode.ERROR) from None
     except VaultError as err:
-        raise CliError(f"demo failed: {err}", 4) from None
+        code = (classify(err) or (ExitCode.ERROR, ""))[0]
+        raise CliError(f"demo failed: {err}", code) from None
     return 0

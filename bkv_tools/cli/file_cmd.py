@@ -12,15 +12,13 @@ import sys
 from typing import Any
 
 from bkv_tools.cli.common import (
-    EXIT_BAD_INPUT,
-    EXIT_DAMAGED,
-    EXIT_GENERIC,
     STDIO,
     CliError,
     atomic_output,
     load_key,
     open_input,
 )
+from bkv_tools.cli.exit_codes import ExitCode
 from client_sdk import age
 
 
@@ -66,10 +64,10 @@ def _in_out(parser: argparse.ArgumentParser) -> None:
 
 def _output(args: argparse.Namespace) -> str:
     if args.output is not None and args.output_option is not None:
-        raise CliError("give OUT either as an argument or with -o, not both", EXIT_BAD_INPUT)
+        raise CliError("give OUT either as an argument or with -o, not both", ExitCode.USAGE)
     output: str | None = args.output if args.output is not None else args.output_option
     if output is None:
-        raise CliError('name the output file (OUT, or "-" for standard output)', EXIT_BAD_INPUT)
+        raise CliError('name the output file (OUT, or "-" for standard output)', ExitCode.USAGE)
     return output
 
 
@@ -80,10 +78,10 @@ def run_encrypt(args: argparse.Namespace) -> int:
         try:
             recipient = age.X25519Recipient.parse(args.recipient)
         except age.KeyEncodingError as err:
-            raise CliError(str(err), EXIT_BAD_INPUT) from None
+            raise CliError(str(err), ExitCode.USAGE) from None
     else:
         if args.key_file == STDIO and args.input == STDIO:
-            raise CliError("the key and IN can't both come from standard input", EXIT_BAD_INPUT)
+            raise CliError("the key and IN can't both come from standard input", ExitCode.USAGE)
         recipient = age.X25519Recipient.parse(load_key(args.key_file).recipient())
     if output == STDIO and sys.stdout.isatty():
         raise CliError('refusing to write encrypted data to a terminal (use OUT or "> file")')
@@ -91,7 +89,7 @@ def run_encrypt(args: argparse.Namespace) -> int:
         try:
             age.encrypt(src, dst, [recipient])
         except OSError as err:
-            raise CliError(f"I/O error: {err.strerror}", EXIT_GENERIC) from None
+            raise CliError(f"I/O error: {err.strerror}", ExitCode.ERROR) from None
     return 0
 
 
@@ -99,18 +97,18 @@ def run_decrypt(args: argparse.Namespace) -> int:
     """Decrypt IN to OUT; OUT is left untouched unless everything authenticated."""
     output = _output(args)
     if args.key_file in (None, STDIO) and args.input == STDIO:
-        raise CliError("IN is standard input, so the key needs --key-file", EXIT_BAD_INPUT)
+        raise CliError("IN is standard input, so the key needs --key-file", ExitCode.USAGE)
     key = load_key(args.key_file)
     with open_input(args.input) as src, atomic_output(output) as dst:
         try:
             age.decrypt(src, dst, [key.identity()])
         except age.NoIdentityMatchError:
-            raise CliError("this key does not open this file", EXIT_BAD_INPUT) from None
+            raise CliError("this key does not open this file", ExitCode.WRONG_SECRET) from None
         except age.DamagedFileError as err:
             where = f" (at byte {err.offset})" if err.offset is not None else ""
-            raise CliError(f"the file is damaged{where}", EXIT_DAMAGED) from None
+            raise CliError(f"the file is damaged{where}", ExitCode.DAMAGED) from None
         except age.AgeError as err:
-            raise CliError(f"can't decrypt {args.input}: {err}", EXIT_DAMAGED) from None
+            raise CliError(f"can't decrypt {args.input}: {err}", ExitCode.DAMAGED) from None
         except OSError as err:
-            raise CliError(f"I/O error: {err.strerror}", EXIT_GENERIC) from None
+            raise CliError(f"I/O error: {err.strerror}", ExitCode.ERROR) from None
     return 0

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bkv_tools.cli.common import EXIT_GENERIC, CliError, load_key
+from bkv_tools.cli.common import CliError, load_key
+from bkv_tools.cli.exit_codes import ExitCode
 from client_sdk.keys import BackupKey, write_key_file
 
 
@@ -58,9 +59,10 @@ def run_new(args: argparse.Namespace) -> int:
     try:
         write_key_file(out, key)
     except FileExistsError:
-        raise CliError(f"{out} already exists; not overwriting a key file", EXIT_GENERIC) from None
+        message = f"{out} already exists; not overwriting a key file"
+        raise CliError(message, ExitCode.ERROR) from None
     except OSError as err:
-        raise CliError(f"can't write {out}: {err.strerror}", EXIT_GENERIC) from None
+        raise CliError(f"can't write {out}: {err.strerror}", ExitCode.ERROR) from None
     print(f"wrote a new backup key to {out}", file=sys.stderr)
     return 0
 

@@ -17,17 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bkv_protocol.sealing import MAX_ACCOUNT_BYTES
-from bkv_tools.cli.common import CliError
+from bkv_tools.cli.common import STDIO, CliError
+from bkv_tools.cli.exit_codes import ExitCode, classify
 from client_sdk.config import ClientConfig, default_client_config_path
-from client_sdk.errors import (
-    AlreadyRegistered,
-    ConfigError,
-    KeyDestroyed,
-    NotRegistered,
-    VaultError,
-    VaultUnavailable,
-    WrongPassword,
-)
+from client_sdk.errors import AlreadyRegistered, ConfigError, VaultError
 from client_sdk.keys import BackupKey, KeyFormatError, read_key_file, write_key_file
 
 if TYPE_CHECKING:
@@ -37,7 +30,6 @@ T = TypeVar("T")
 
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
-EXIT_GENERIC, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 1, 2, 4
 # Flags someone might try for a password: refused, and their value never echoed.
 _PASSWORD_FLAGS = ("--password", "--pass", "--passwd", "--pw", "-p")
 
@@ -76,7 +68,8 @@ def register(sub: Any) -> None:
         "Every wrong password uses one of the limited attempts.",
     )
     rec.add_argument(
-        "--out-key-file", required=True, type=Path, help="new file to write the key to"
+        "--out-key-file", required=True, type=Path,
+        help='new file to write the key to ("-" prints it on standard output)'
     )
     _common_options(rec)
     rec.set_defaults(handler=run_recover)
@@ -145,11 +138,11 @@ def run_register(args: argparse.Namespace) -> int:
                 raise CliError(
                     f"account {account!r} already has a deposit in the vault; pass --replace "
                     "to replace it (its old password stops working)",
-                    EXIT_BAD_INPUT,
+                    ExitCode.ALREADY_REGISTERED,
                 ) from None
             if not _confirm(f"account {account!r} already has a deposit; replacing it makes "
                             "its old password useless. Replace it? [y/N] "):
-                raise CliError("kept the existing deposit", EXIT_BAD_INPUT) from None
+                raise CliError("kept the existing deposit", ExitCode.ALREADY_REGISTERED) from None
             _vault_call(lambda: client.register(account, key.raw, password, replace=True))
     print(f"deposited the backup key of account {account!r} in the vault")
     return 0
@@ -180,12 +173,16 @@ def run_recover(args: argparse.Namespace) -> int:
     with _client(_load_config(args.config)) as client:
         password = _read_password(args.password_stdin, confirm=False)
         raw = _vault_call(lambda: client.recover(account, password))
+    if str(out) == STDIO:
+        print(BackupKey(raw).digits(), flush=True)
+        print(f"recovered the backup key of account {account!r}", file=sys.stderr)
+        return 0
     try:
         write_key_file(out, BackupKey(raw))
     except FileExistsError:
-        raise CliError(f"{out} appeared meanwhile; not overwriting it", EXIT_GENERIC) from None
+        raise CliError(f"{out} appeared meanwhile; not overwriting it", ExitCode.ERROR) from None
     except OSError as err:
-        raise CliError(f"can't write {out}: {err.strerror}", EXIT_GENERIC) from None
+        raise CliError(f"can't write {out}: {err.strerror}", ExitCode.ERROR) from None
     print(f"recovered the backup key of account {account!r} into {out}")
     return 0
 
@@ -196,7 +193,7 @@ def _client(config: ClientConfig) -> VaultClient:
     try:
         return VaultClient(config)
     except ConfigError as err:
-        raise CliError(str(err), EXIT_GENERIC) from None
+        raise CliError(str(err), ExitCode.USAGE) from None
 
 
 class _Exists(Exception):
@@ -204,24 +201,21 @@ class _Exists(Exception):
 
 
 def _vault_call(call: Callable[[], T]) -> T:
-    """Run one vault operation, turning every VaultError into a one-line CliError."""
+    """Run one vault operation; every VaultError becomes a one-line CliError with its code."""
     try:
         return call()
     except AlreadyRegistered:
         raise _Exists() from None
-    except (WrongPassword, KeyDestroyed, NotRegistered) as err:
-        raise CliError(str(err), EXIT_BAD_INPUT) from None
-    except VaultUnavailable as err:
-        raise CliError(str(err), EXIT_UNREACHABLE) from None
     except (VaultError, ConfigError) as err:
-        raise CliError(str(err), EXIT_GENERIC) from None
+        code, message = classify(err) or (ExitCode.ERROR, str(err))
+        raise CliError(message, code) from None
 
 
 def _account(account: str) -> str:
     if not account or not account.isprintable():
-        raise CliError("--account must be a non-empty printable name", EXIT_BAD_INPUT)
+        raise CliError("--account must be a non-empty printable name", ExitCode.USAGE)
     if len(account.encode("utf-8", "surrogateescape")) > MAX_ACCOUNT_BYTES:
-        raise CliError(f"--account must be at most {MAX_ACCOUNT_BYTES} bytes", EXIT_BAD_INPUT)
+        raise CliError(f"--account must be at most {MAX_ACCOUNT_BYTES} bytes", ExitCode.USAGE)
     return account
 
 
@@ -229,16 +223,18 @@ def _read_key(path: Path) -> BackupKey:
     try:
         return read_key_file(path)
     except KeyFormatError as err:
-        raise CliError(str(err), EXIT_BAD_INPUT) from None
+        raise CliError(str(err), ExitCode.USAGE) from None
     except OSError as err:
-        raise CliError(f"can't read key file {path}: {err.strerror}", EXIT_BAD_INPUT) from None
+        raise CliError(f"can't read key file {path}: {err.strerror}", ExitCode.USAGE) from None
 
 
 def _check_new_file(path: Path) -> None:
+    if str(path) == STDIO:
+        return
     if path.exists() or path.is_symlink():
-        raise CliError(f"{path} already exists; not overwriting a key file", EXIT_BAD_INPUT)
+        raise CliError(f"{path} already exists; not overwriting a key file", ExitCode.USAGE)
     if not path.parent.is_dir():
-        raise CliError(f"{path.parent} is not a directory", EXIT_BAD_INPUT)
+        raise CliError(f"{path.parent} is not a directory", ExitCode.USAGE)
 
 
 def _load_config(path: Path | None) -> ClientConfig:
@@ -247,12 +243,12 @@ def _load_config(path: Path | None) -> ClientConfig:
         if not path.exists():
             raise CliError(
                 f"no cluster config at {path}: start one with `bkv cluster up` or pass --config",
-                EXIT_GENERIC,
+                ExitCode.USAGE,
             )
     try:
         return ClientConfig.load(path)
     except ConfigError as err:
-        raise CliError(str(err), EXIT_GENERIC) from None
+        raise CliError(str(err), ExitCode.USAGE) from None
 
 
 def _read_password(from_stdin: bool, *, confirm: bool) -> str:
@@ -262,26 +258,26 @@ def _read_password(from_stdin: bool, *, confirm: bool) -> str:
             line = sys.stdin.readline(MAX_PASSWORD_CHARS + 3)
         except UnicodeDecodeError:
             raise CliError(
-                "the password on standard input is not valid text", EXIT_BAD_INPUT
+                "the password on standard input is not valid text", ExitCode.USAGE
             ) from None
         password = line.removesuffix("\n").removesuffix("\r")
         if not password:
-            raise CliError("no password on standard input", EXIT_BAD_INPUT)
+            raise CliError("no password on standard input", ExitCode.USAGE)
     else:
         try:
             password = getpass.getpass("Vault password: ")
             if confirm:
                 again = getpass.getpass("Repeat the password: ")
                 if not hmac.compare_digest(_utf8(password), _utf8(again)):
-                    raise CliError("the passwords do not match", EXIT_BAD_INPUT)
+                    raise CliError("the passwords do not match", ExitCode.USAGE)
         except EOFError:
-            raise CliError("no password entered", EXIT_BAD_INPUT) from None
+            raise CliError("no password entered", ExitCode.USAGE) from None
     if len(password) > MAX_PASSWORD_CHARS:
-        raise CliError(f"password is longer than {MAX_PASSWORD_CHARS} characters", EXIT_BAD_INPUT)
+        raise CliError(f"password is longer than {MAX_PASSWORD_CHARS} characters", ExitCode.USAGE)
     if confirm and len(password) < MIN_PASSWORD_CHARS:
-        raise CliError(f"password must be at least {MIN_PASSWORD_CHARS} characters", EXIT_BAD_INPUT)
+        raise CliError(f"password must be at least {MIN_PASSWORD_CHARS} characters", ExitCode.USAGE)
     if not password:
-        raise CliError("the password must not be empty", EXIT_BAD_INPUT)
+        raise CliError("the password must not be empty", ExitCode.USAGE)
     _utf8(password)
     return password
 
@@ -290,4 +286,4 @@ def _utf8(password: str) -> bytes:
     try:
         return password.encode("utf-8")
     except UnicodeEncodeError:
-        raise CliError("the password is not valid text", EXIT_BAD_INPUT) from None
+        raise CliError("the password is not valid text", ExitCode.USAGE) from None

@@ -151,7 +151,7 @@ def test_file_decrypt_wrong_key_leaves_nothing(
     enc = _encrypted(tmp_path, key)
     before = listing(tmp_path)
     result = run_bkv("file", "decrypt", "--key-file", other_key.path, enc, tmp_path / "out")
-    assert result.returncode == 2
+    assert result.returncode == 3  # wrong key
     assert err_line(result) == "bkv: this key does not open this file"
     assert listing(tmp_path) == before
 
@@ -165,7 +165,7 @@ def test_file_decrypt_damaged_keeps_existing_output(tmp_path: Path, key: KeyPair
     out.write_bytes(b"previous content")
     before = listing(tmp_path)
     result = run_bkv("file", "decrypt", "--key-file", key.path, enc, out)
-    assert result.returncode == 3
+    assert result.returncode == 6  # damaged
     assert re.fullmatch(r"bkv: the file is damaged \(at byte \d+\)", err_line(result))
     assert out.read_bytes() == b"previous content"
     assert listing(tmp_path) == before
@@ -176,7 +176,7 @@ def test_file_decrypt_truncated(tmp_path: Path, key: KeyPair) -> None:
     enc.write_bytes(enc.read_bytes()[:100_000])
     before = listing(tmp_path)
     result = run_bkv("file", "decrypt", "--key-file", key.path, enc, tmp_path / "out")
-    assert result.returncode == 3
+    assert result.returncode == 6  # damaged
     assert "the file is damaged (at byte" in err_line(result)
     assert listing(tmp_path) == before
 

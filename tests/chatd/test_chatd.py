@@ -24,6 +24,7 @@ from bkv_protocol import tokens
 from bkv_protocol.sharding import shard_for
 from chatd_proxy.config import ChatDConfig, ConfigError
 from chatd_proxy.server import ChatDServer
+from tests.cluster.conftest import wait_until
 
 SHARDS = 3
 
@@ -121,7 +122,28 @@ def test_no_leader_then_rate_limited(chatd: services_pb2_grpc.ChatDStub,
     # Another account has its own bucket.
     other = _call(chatd, _request("erin"), tokens.mint_token(keys[0], "erin"))
     assert other.code() == grpc.StatusCode.UNAVAILABLE
-    assert other.details() == "no vault leader reachable"
+    # which of the two depends on whether ChatD's probes have confirmed the loss yet
+    assert other.details() in ("no vault leader reachable", NO_QUORUM_DETAILS)
+
+
+NO_QUORUM_DETAILS = "the vault has no quorum: 1 of 1 nodes unreachable; try again later"
+
+
+def test_a_shard_without_quorum_is_named_in_details_and_trailer(
+    chatd: services_pb2_grpc.ChatDStub, keys: tuple[bytes, bytes]
+) -> None:
+    """Every node of the shard is dead: once ChatD's probes confirm it, it says so."""
+    errors: list[grpc.RpcError] = []
+
+    def said_no_quorum() -> bool:
+        account = f"quorum-{len(errors)}"  # a fresh account each time: no rate limit
+        errors.append(_call(chatd, _request(account), tokens.mint_token(keys[0], account)))
+        return errors[-1].details() == NO_QUORUM_DETAILS
+
+    wait_until(said_no_quorum, 15, "ChatD to report the lost quorum")
+    err = errors[-1]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert ("bkv-no-quorum", "1/1") in tuple(err.trailing_metadata() or ())
 
 
 def test_oversized_message_refused(chatd: services_pb2_grpc.ChatDStub,

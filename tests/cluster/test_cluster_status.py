@@ -124,7 +124,7 @@ def test_local_status_shows_every_node_lag_and_ops_ports(cluster: LocalCluster) 
     assert {dc["name"] for dc in doc["datacenters"]} == {"dc1", "dc2", "dc3"}
     assert all(c["status_page"].startswith("http://127.0.0.1:") for c in doc["chatd"])
     text = bkv_status("--state-dir", str(cluster.state_dir))
-    assert text.returncode in (0, 3), text.stderr
+    assert text.returncode in (0, 10), text.stderr
     assert "lag" in text.stdout.splitlines()[0] and "status page http://" in text.stdout
 
 
@@ -144,7 +144,7 @@ def test_status_through_a_client_config(cluster: LocalCluster) -> None:
     assert sorted(n["node_id"] for n in all_nodes(doc)) == sorted(cluster.nodes())
     assert len(doc["leaders"]) == 1 and doc["unreachable"] == []
     text = bkv_status("--config", str(cluster.client_config_path))
-    assert text.returncode in (0, 3) and "dc1:" in text.stdout
+    assert text.returncode in (0, 10) and "dc1:" in text.stdout
 
 
 @pytest.mark.cluster
@@ -155,7 +155,7 @@ def test_no_chatd_answering_is_an_error(tmp_path: Path, cluster: LocalCluster) -
         text = text.replace(chatd["listen"], "127.0.0.1:1")
     config.write_text(text)
     proc = bkv_status("--config", str(config))
-    assert proc.returncode == 4 and "no ChatD answered" in proc.stderr
+    assert proc.returncode == 8 and "no ChatD answered" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -196,7 +196,7 @@ def test_a_stopped_node_is_listed_unreachable(cluster: LocalCluster) -> None:
     cluster.kill_node(victim)
     try:
         code, doc = status_json("--state-dir", str(cluster.state_dir))
-        assert code == 3, doc  # degraded: still a leader, one node silent
+        assert code == 10, doc  # degraded: still a leader, one node silent
         assert victim in doc["unreachable"]
         row = next(n for n in all_nodes(doc) if n["node_id"] == victim)
         assert row["health"] == "unreachable" and row["lag"] is None
@@ -204,7 +204,7 @@ def test_a_stopped_node_is_listed_unreachable(cluster: LocalCluster) -> None:
         assert any(line.startswith(victim) and "unreachable" in line
                    for line in text.splitlines())
         code, doc = status_json("--config", str(cluster.client_config_path))
-        assert code == 3 and cluster.node(victim)["grpc_address"] in doc["unreachable"]
+        assert code == 10 and cluster.node(victim)["grpc_address"] in doc["unreachable"]
     finally:
         cluster.restart_node(victim)
         settled_status("--state-dir", str(cluster.state_dir), timeout=60)

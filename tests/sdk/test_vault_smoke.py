@@ -60,7 +60,7 @@ def test_cli_register_wrong_password_recover(cluster: LocalCluster, tmp_path: Pa
 
     out = tmp_path / "recovered.key"
     wrong = bkv("vault", "recover", "--out-key-file", str(out), *common, stdin="nope nope\n")
-    assert (wrong.returncode, wrong.stderr) == (2, "bkv: wrong password: 9 attempts left\n")
+    assert (wrong.returncode, wrong.stderr) == (3, "bkv: wrong password: 9 attempts left\n")
     assert not out.exists()
 
     right = bkv("vault", "recover", "--out-key-file", str(out), *common, stdin=PASSWORD + "\n")

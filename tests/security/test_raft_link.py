@@ -455,5 +455,5 @@ def test_removed_member_is_refused_by_the_others(tmp_path: Path) -> None:
              "--timeout", "5"],
             capture_output=True, text=True, timeout=60, env=clean_env(), check=False,
         )
-        assert denied.returncode == 3 and "refused the connection" in denied.stderr
+        assert denied.returncode == 12 and "refused the connection" in denied.stderr
         _still_serves(shard)

@@ -1,7 +1,9 @@
 """`bkv-vault-node member ...` and `bkv-vault-node snapshot ...`: the operator's admin commands.
 
-Exit codes: 0 ok, 2 bad configuration, arguments or file, 3 the cluster refused
-the request or did not answer in time.
+Exit codes, the project-wide table (``bkv_tools.cli.exit_codes``, which the vault
+does not import): 0 ok, 1 the cluster refused the change, 2 bad configuration,
+arguments or file, 8 no node answered in time (try later), 12 the node refused the
+transport secret.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vault_node.admin.client import AdminClient, AdminError
+from vault_node.admin.client import (
+    AdminClient,
+    AdminError,
+    AdminRefusedError,
+    AdminUnavailableError,
+)
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.hsm.fleet import FleetHsm, HsmError, MasterKeyBackend
 from vault_node.hsm.pkcs11 import load_master_key
@@ -36,8 +43,10 @@ from vault_node.raft.snapshot_file import (
 from vault_node.raft.snapshot_offline import read_data_dir
 from vault_node.raft.transport_cipher import LinkKey, LinkSecrets, load_link_key
 
+EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
-EXIT_REFUSED = 3
+EXIT_UNAVAILABLE = 8
+EXIT_SECRET_REFUSED = 12
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -84,7 +93,16 @@ def _ask(args: argparse.Namespace, command: list[Any]) -> tuple[NodeConfig, dict
     try:
         return cfg, client.call_leader(seeds, command, args.timeout)
     except AdminError as err:
-        raise _Fail(str(err), EXIT_REFUSED) from None
+        raise _Fail(str(err), _admin_code(err)) from None
+
+
+def _admin_code(err: AdminError) -> int:
+    """Tell "the secret is wrong" and "try later" apart from a refused change."""
+    if isinstance(err, AdminRefusedError):
+        return EXIT_SECRET_REFUSED
+    if isinstance(err, AdminUnavailableError):
+        return EXIT_UNAVAILABLE
+    return EXIT_REFUSED
 
 
 def _member_list(args: argparse.Namespace) -> None:
@@ -96,7 +114,7 @@ def _member_list(args: argparse.Namespace) -> None:
     try:
         reply = client.request(cfg.raft_address, [CMD_MEMBERS, "local"], args.timeout)
     except AdminError as err:
-        raise _Fail(str(err), EXIT_REFUSED) from None
+        raise _Fail(str(err), _admin_code(err)) from None
     _print_members(reply, args.json)
 
 

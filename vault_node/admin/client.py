@@ -31,6 +31,10 @@ class AdminError(Exception):
     """The admin request failed; the message is one line for the operator."""
 
 
+class AdminUnavailableError(AdminError):
+    """No node answered (in time): retrying later may work."""
+
+
 class AdminRefusedError(AdminError):
     """The node dropped the connection in the handshake: a wrong secret or a non-member key."""
 
@@ -102,7 +106,7 @@ class AdminClient:
         conn.encryptor = LinkPolicy(self._secrets, lambda key: key == expected)
         conn.bkv_expected_peer = expected
         if not conn.connect(host, node.port):
-            raise AdminError(f"cannot connect to {address}")
+            raise AdminUnavailableError(f"cannot connect to {address}")
         deadline = time.monotonic() + timeout
         try:
             while state["open"] and time.monotonic() < deadline:
@@ -112,13 +116,13 @@ class AdminClient:
         reply = state["reply"]
         if reply is None:
             if not conn.socket_up:
-                raise AdminError(f"cannot connect to {address}")
+                raise AdminUnavailableError(f"cannot connect to {address}")
             if not state["greeted"]:
                 raise AdminRefusedError(
                     f"{address} refused the connection (is the transport secret right, "
                     "and is this config's node still a member?)"
                 )
-            raise AdminError(f"no reply from {address} within {timeout:.0f}s")
+            raise AdminUnavailableError(f"no reply from {address} within {timeout:.0f}s")
         if not isinstance(reply, dict):
             raise AdminError(f"{address} refused the request: {reply}")
         self._learn(reply)
@@ -149,7 +153,7 @@ class AdminClient:
         while True:
             remaining = end - time.monotonic()
             if remaining <= 0:
-                raise AdminError(f"gave up after {deadline_seconds:.0f}s: {problem}")
+                raise AdminUnavailableError(f"gave up after {deadline_seconds:.0f}s: {problem}")
             try:
                 reply = self.request(target, command, min(remaining, PER_TRY_SECONDS))
             except AdminRefusedError:
