@@ -93,3 +93,18 @@ def test_the_sdk_ships_no_cluster_tooling() -> None:
     assert not names & {"launcher", "launcher_layout", "compose_layout", "certs_cli", "demo",
                         "bench_vault", "bench_files", "bench_backup"}
     assert not (ROOT / "client_sdk" / "cli").exists()
+
+
+def test_pysyncobj_is_reached_through_one_edge() -> None:
+    """Replacing or upgrading the Raft library touches the edge and the SyncObj subclass only."""
+    edge = {Path("vault_node/raft/pysyncobj_edge.py")}
+    private_ok = edge | {Path("vault_node/raft/core.py")}
+    bad = []
+    for package in OURS:
+        for path in _modules(package):
+            rel = path.relative_to(ROOT)
+            if rel not in edge and any(n.split(".")[0] == "pysyncobj" for n in _imports(path)):
+                bad.append(f"{rel} imports pysyncobj")
+            if rel not in private_ok and "_SyncObj__" in path.read_text():
+                bad.append(f"{rel} reaches into pysyncobj's private names")
+    assert not bad, "\n".join(bad)

@@ -15,11 +15,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pysyncobj.node import TCPNode
-from pysyncobj.poller import createPoller
-
 from vault_node.raft.membership import MembershipError, members_from_plain
-from vault_node.raft.pysyncobj_edge import ADMIN_MAX_MESSAGE_BYTES, LinkConnection, LinkPolicy
+from vault_node.raft.pysyncobj_edge import (
+    ADMIN_MAX_MESSAGE_BYTES,
+    LinkConnection,
+    LinkPolicy,
+    TCPNode,
+    createPoller,
+)
 from vault_node.raft.transport_cipher import LinkSecrets
 
 PER_TRY_SECONDS = 10.0

@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pysyncobj import FAIL_REASON
-
 from vault_node.raft.core import VaultSyncObj, is_membership_entry
 from vault_node.raft.membership import (
     Member,
@@ -32,6 +30,7 @@ from vault_node.raft.membership import (
     check_removal,
     members_to_plain,
 )
+from vault_node.raft.pysyncobj_edge import FAIL_REASON
 
 log = logging.getLogger("vault_node.raft.admin_endpoint")
 
@@ -56,7 +55,7 @@ class AdminEndpoint:
         self._pending_until = 0.0  # monotonic deadline of a change queued here, not yet answered
 
     def install(self) -> None:
-        transport = self._obj._SyncObj__transport
+        transport = self._obj.bkv_transport()
         for name in _DISABLED:
             transport.setOnUtilityMessageCallback(name, None)
         handlers: dict[str, Callable[[list[Any], Respond], None]] = {
@@ -190,7 +189,7 @@ class AdminEndpoint:
             respond(self._refuse("not the leader", retry=True), None)
             return
         last = int(obj.raftLastApplied)
-        entries = obj._SyncObj__getEntries(last - 1, 2)
+        entries = obj.bkv_entries(last - 1, 2)
         if len(entries) != 2 or entries[1][1] != last:
             respond(self._refuse("log position not available yet", retry=True), None)
             return

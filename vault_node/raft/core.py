@@ -52,11 +52,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pysyncobj.syncobj as _syncobj_module
-from pysyncobj import SyncObj, SyncObjConf, replicated
-from pysyncobj.pipe_notifier import PipeNotifier
-from pysyncobj.transport import TCPTransport
-
 from vault_node.raft.audit import AuditLog
 from vault_node.raft.journal import (
     DurableJournal,
@@ -75,9 +70,15 @@ from vault_node.raft.membership import (
     members_to_plain,
 )
 from vault_node.raft.pysyncobj_edge import (  # importing it installs the hooks
+    COMMAND_TYPE,
     MAX_ENTRY_TRANSMISSION_BYTES,
     LinkConnection,
     LinkPolicy,
+    PipeNotifier,
+    SyncObj,
+    SyncObjConf,
+    TCPTransport,
+    replicated,
 )
 from vault_node.raft.transport_cipher import LinkSecrets
 from vault_node.state import ApplyResult, Command, Delete, Outcome, Put, VaultState
@@ -103,7 +104,7 @@ class TruncationMonitor(logging.Handler):
             log.error("raft safety: pysyncobj truncated already-applied log entries")
 
 
-_MEMBERSHIP_ENTRY = _syncobj_module._COMMAND_TYPE.MEMBERSHIP  # an entry's first byte
+_MEMBERSHIP_ENTRY = COMMAND_TYPE.MEMBERSHIP  # an entry's first byte
 
 
 def is_membership_entry(command: bytes) -> bool:
@@ -431,6 +432,30 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
     def _bkv_cluster(self) -> list[Any]:
         others: set[Any] = self._SyncObj__otherNodes.copy()
         return [*others, self._SyncObj__selfNode]
+
+    # ---- read-only views for the rest of the Raft layer (no private names outside) -----
+
+    def bkv_role_code(self) -> int:
+        """pysyncobj's role number: 0 follower, 1 candidate, 2 leader."""
+        return int(self._SyncObj__raftState)
+
+    def bkv_majority_answered_since(self, since: float) -> bool:
+        """This node and the members that answered it after ``since`` (monotonic): a majority?"""
+        others = list(self._SyncObj__otherNodes)
+        if not others:
+            return True
+        responses: dict[Any, float] = self._SyncObj__lastResponseTime
+        fresh = 1 + sum(1 for node in others if responses.get(node, 0.0) > since)
+        return fresh > (len(others) + 1) / 2
+
+    def bkv_transport(self) -> Any:
+        """pysyncobj's transport of this node (admin handlers register on it)."""
+        return self._SyncObj__transport
+
+    def bkv_entries(self, first: int, count: int) -> list[Any]:
+        """``count`` log entries from index ``first`` ((command, index, term) tuples)."""
+        entries: list[Any] = self._SyncObj__getEntries(first, count)
+        return entries
 
     def bkv_members(self) -> list[Member]:
         """Every voting member as of the end of this node's log (self included)."""

@@ -25,15 +25,13 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from pysyncobj.journal import Journal
-from pysyncobj.syncobj import _COMMAND_TYPE
-
 log = logging.getLogger(__name__)
 
 _MAGIC = b"BKVJRNL1"
 _HEADER = struct.Struct(">IIQQ")  # payload length, crc32, index, term
 _SNAPSHOT_MAGIC = b"BKVSNAP1\n"
-_BASE_ENTRY_COMMAND = bytes([_COMMAND_TYPE.NO_OP])  # what a snapshot's base entry keeps
+NO_OP_COMMAND_TYPE = 1  # pysyncobj's _COMMAND_TYPE.NO_OP (the edge checks it at import)
+_BASE_ENTRY_COMMAND = bytes([NO_OP_COMMAND_TYPE])  # what a snapshot's base entry keeps
 
 Entry = tuple[bytes, int, int]  # (command, log index, term) as pysyncobj stores them
 
@@ -108,7 +106,7 @@ def load_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-class DurableJournal(Journal):  # type: ignore[misc]
+class DurableJournal:
     """An append-only, CRC-checked Raft log whose writes become durable on ``sync()``."""
 
     def __init__(self, path: Path, *, fsync: bool = True) -> None:

@@ -17,9 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pysyncobj.node import TCPNode
-
 from vault_node.config import PeerConfig, is_host_port
+from vault_node.raft.pysyncobj_edge import TCPNode
 from vault_node.raft.transport_cipher import LinkError, parse_public_key
 
 MIN_MEMBERS = 3  # a change that would leave fewer voters is refused

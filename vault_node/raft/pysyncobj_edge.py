@@ -63,10 +63,15 @@ import pysyncobj.tcp_connection as _tcp_connection_module
 import pysyncobj.tcp_server as _tcp_server_module
 import pysyncobj.transport as _transport_module
 import pysyncobj.version as _version_module
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as _monotonic
+from pysyncobj.node import TCPNode
+from pysyncobj.pipe_notifier import PipeNotifier
+from pysyncobj.poller import createPoller
+from pysyncobj.transport import TCPTransport
 
 from vault_node.raft import safe_pickle
-from vault_node.raft.journal import DurableJournal
+from vault_node.raft.journal import NO_OP_COMMAND_TYPE, DurableJournal
 from vault_node.raft.transport_cipher import (
     HANDSHAKE_FRAME_BYTES,
     Initiator,
@@ -89,6 +94,21 @@ MAX_ENTRY_TRANSMISSION_BYTES = 16 * 1024 * 1024
 MAX_PENDING_MESSAGES = 64  # queued before the handshake ends; pysyncobj sends one or two
 _LENGTH = struct.Struct("<I")
 _COMPRESS_LEVEL = 3  # pysyncobj's choice
+
+
+# What the rest of the vault uses from pysyncobj: every name comes through here.
+COMMAND_TYPE = _syncobj_module._COMMAND_TYPE
+__all__ = [
+    "COMMAND_TYPE",
+    "FAIL_REASON",
+    "PipeNotifier",
+    "SyncObj",
+    "SyncObjConf",
+    "TCPNode",
+    "TCPTransport",
+    "createPoller",
+    "replicated",
+]
 
 
 class PysyncobjEdgeError(RuntimeError):
@@ -208,10 +228,13 @@ def shape_problems() -> list[str]:
             problems.append(f"{spec} is missing or not a function")
             continue
         problems.extend(f"{spec} no longer uses {name}" for name in attributes if name not in used)
-    for kind in ("MEMBERSHIP", "NO_OP"):
+    for kind in ("MEMBERSHIP", "NO_OP", "REGULAR"):
         value = getattr(getattr(_syncobj_module, "_COMMAND_TYPE", None), kind, None)
         if not isinstance(value, int):
             problems.append(f"pysyncobj.syncobj:_COMMAND_TYPE.{kind} is missing")
+    if getattr(getattr(_syncobj_module, "_COMMAND_TYPE", None), "NO_OP", None) \
+            != NO_OP_COMMAND_TYPE:
+        problems.append("pysyncobj.syncobj:_COMMAND_TYPE.NO_OP is not the journal's no-op")
     for module in (_transport_module, _tcp_server_module):
         current = getattr(module, "TcpConnection", None)
         if not (isinstance(current, type)

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import FAIL_REASON
-
 from vault_node.raft.admin_endpoint import AdminEndpoint
 from vault_node.raft.audit import AUDIT_FILE, AuditError, AuditLog
 from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY, TRUNCATION_MONITOR, VaultSyncObj
 from vault_node.raft.journal import DurableJournal, read_snapshot
 from vault_node.raft.log_entries import encode_entry
 from vault_node.raft.membership import Member, members_from_plain
+from vault_node.raft.pysyncobj_edge import FAIL_REASON
 from vault_node.raft.transport_cipher import LinkKey, LinkSecrets
 from vault_node.state import AccountEntry, ApplyResult, Command, VaultState
 
@@ -287,13 +286,7 @@ class ReplicatedVault:
         obj = self._obj
         if self._stop.is_set() or not obj._isLeader() or int(obj.raftCurrentTerm) != term:
             return False
-        others = list(obj._SyncObj__otherNodes)
-        if not others:
-            return True
-        responses: dict[Any, float] = obj._SyncObj__lastResponseTime
-        since = time.monotonic() - self._config.election_timeout_min
-        fresh = 1 + sum(1 for node in others if responses.get(node, 0.0) > since)
-        return fresh > (len(others) + 1) / 2
+        return obj.bkv_majority_answered_since(time.monotonic() - self._config.election_timeout_min)
 
     def exhausted_records(self) -> list[tuple[bytes, bytes]]:
         """(account id, record id) of live records whose counter reached the limit."""
@@ -330,7 +323,7 @@ class ReplicatedVault:
         obj = self._obj
         return RaftStatus(
             node_id=self._config.node_id,
-            role=_ROLES.get(obj._SyncObj__raftState, "unknown"),
+            role=_ROLES.get(obj.bkv_role_code(), "unknown"),
             term=int(obj.raftCurrentTerm),
             commit_index=int(obj.raftCommitIndex),
             last_applied=int(obj.raftLastApplied),

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pysyncobj.syncobj import _COMMAND_TYPE
-
 from vault_node.hsm.fleet import HsmError, MasterKeyBackend
 from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY
 from vault_node.raft.journal import fsync_dir, write_snapshot
 from vault_node.raft.membership import Member, MembershipError, members_from_plain, members_to_plain
+from vault_node.raft.pysyncobj_edge import COMMAND_TYPE as _COMMAND_TYPE
 from vault_node.raft.replication import SNAPSHOT_FILE
 from vault_node.state import VaultState
 

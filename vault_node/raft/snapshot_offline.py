@@ -14,13 +14,12 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from pysyncobj.syncobj import _COMMAND_TYPE
-
 from vault_node.raft import safe_pickle
 from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY
 from vault_node.raft.journal import Entry, load_meta, meta_path, read_records, read_snapshot
 from vault_node.raft.log_entries import decode_entry
 from vault_node.raft.membership import Member
+from vault_node.raft.pysyncobj_edge import COMMAND_TYPE as _COMMAND_TYPE
 from vault_node.raft.replication import JOURNAL_FILE, SNAPSHOT_FILE
 from vault_node.raft.snapshot_file import SnapshotContents, SnapshotFileError, taken_now
 from vault_node.state import VaultState
