@@ -71,8 +71,14 @@ class ObjectWriter(io.RawIOBase, ABC):
         """Publish the object; return its size in bytes."""
         if self._done:
             raise ValueError("object already finished")
+        try:
+            self._commit()
+        except BaseException:
+            # Also on KeyboardInterrupt: nothing half-published may stay behind.
+            self._done = True
+            self._abort()
+            raise
         self._done = True
-        self._commit()
         return self.size
 
     def abort(self) -> None:

@@ -107,8 +107,7 @@ class _FileWriter(ObjectWriter):
             self._file.close()
             os.replace(self._temp, self._target)
         except OSError as err:
-            self._abort()
-            raise _fail(self._target, err) from None
+            raise _fail(self._target, err) from None  # the base class aborts
         fsync_dir(self._folder)
 
     def _abort(self) -> None:

@@ -151,10 +151,9 @@ class _S3Writer(ObjectWriter):
         self._buffer.clear()
 
     def _commit(self) -> None:
-        try:
-            if self._upload_id is None:
-                self._call("put_object", Body=bytes(self._buffer))
-                return
+        if self._upload_id is None:
+            self._call("put_object", Body=bytes(self._buffer))
+        else:
             if self._buffer:
                 self._flush_part()
             self._call(
@@ -162,9 +161,7 @@ class _S3Writer(ObjectWriter):
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
             )
-        except BaseException:
-            self._abort()
-            raise
+            self._upload_id = None
         self._buffer = bytearray()
 
     def _abort(self) -> None:
