@@ -17,7 +17,7 @@ from .conftest import S3_BUCKET, KeyPair, S3Server, err_line, listing, run_bkv, 
 MULTIPART_BYTES = 20 * 1024 * 1024
 
 
-def test_cli_round_trip_with_multipart_upload(
+def test_cli_round_trip_with_parallel_pack_uploads(
     tmp_path: Path, key: KeyPair, s3_server: S3Server
 ) -> None:
     src = tmp_path / "big"
@@ -32,18 +32,27 @@ def test_cli_round_trip_with_multipart_upload(
     backup_id = created.stdout.decode().strip()
 
     s3: Any = s3_server.client()
-    head = s3.head_object(Bucket=S3_BUCKET, Key=f"phone/backups/{backup_id}.age")
-    assert head["ContentLength"] > MULTIPART_BYTES
-    parts = -(-head["ContentLength"] // PART_SIZE)
-    assert head["ETag"].strip('"').endswith(f"-{parts}")  # a completed multipart upload
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix="phone/backups/")
+            ["Contents"]]  # fmt: skip
+    packs = [k for k in keys if k.startswith("phone/backups/pack-")]
+    assert len(packs) >= 2  # 20 MB in packs of about 8 MiB
+    assert f"phone/backups/snapshot-{backup_id}.age" in keys
     assert s3.list_multipart_uploads(Bucket=S3_BUCKET).get("Uploads") is None
 
-    listed = run_bkv("backup", "list", "--to", url, env=s3_server.env)
+    again = run_bkv("backup", "create", src, "--to", url, "--key-file", key.path, "--json",
+                    env=s3_server.env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert '"new_bytes": 0' in again.stdout.decode()
+
+    listed = run_bkv("backup", "list", "--to", url, "--key-file", key.path, env=s3_server.env)
     assert listed.returncode == 0 and backup_id in listed.stdout.decode()
+    checked = run_bkv("backup", "check", "--to", url, "--key-file", key.path, "--read-data",
+                      env=s3_server.env)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
 
     dest = tmp_path / "restored"
     restored = run_bkv(
-        "backup", "restore", f"{url}/{backup_id}.age", "--key-file", key.path, dest,
+        "backup", "restore", backup_id, "--from", url, "--key-file", key.path, dest,
         env=s3_server.env,
     )  # fmt: skip
     assert restored.returncode == 0, restored.stderr
@@ -76,7 +85,8 @@ def test_aborted_multipart_upload_leaves_nothing(s3_server: S3Server) -> None:
 
 
 def test_missing_bucket_and_backup(tmp_path: Path, key: KeyPair, s3_server: S3Server) -> None:
-    result = run_bkv("backup", "list", "--to", "s3://no-such-bucket-bkv/x", env=s3_server.env)
+    result = run_bkv("backup", "list", "--to", "s3://no-such-bucket-bkv/x",
+                     "--key-file", key.path, env=s3_server.env)  # fmt: skip
     assert result.returncode == 4
     assert err_line(result) == "bkv: storage not found: s3://no-such-bucket-bkv"
     result = run_bkv(
