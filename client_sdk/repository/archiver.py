@@ -16,6 +16,7 @@ Ctrl-C, the packs this run wrote are deleted again.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import socket
@@ -23,23 +24,27 @@ import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from client_sdk.backup.archive import check_source, skip_reason
 from client_sdk.backup.errors import BackupError, DamagedBackupError, SourceError, WrongKeyError
 from client_sdk.progress import ProgressCallback
-from client_sdk.repository.chunker import Chunker
+from client_sdk.repository.buffers import new_buffer
+from client_sdk.repository.chunker import Chunker, Readable
 from client_sdk.repository.index import Index, encode_index, new_index_name
 from client_sdk.repository.lock import locked
-from client_sdk.repository.pack import PackBuilder, PackEntry, is_pack_name
+from client_sdk.repository.pack import PackEntry, is_pack_name
 from client_sdk.repository.repo import CONFIG_NAME, Repository
 from client_sdk.repository.signals import uninterrupted
 from client_sdk.repository.snapshot import Node, Snapshot, new_snapshot_id, snapshot_name
+from client_sdk.repository.uploader import Uploads
 from client_sdk.storage import StorageError
 
-WHOLE_FILE_LIMIT = 16 * 1024 * 1024  # smaller files are read in one call and cut in memory
+WINDOW_SIZE = 16 * 1024 * 1024  # each file thread reads through one reused window
+FILE_THREADS = 2
+READ_AHEAD = 64  # files queued for the file threads
 PARENT_SEARCH = 20
 
 
@@ -92,66 +97,14 @@ def scan(root: Path, on_skip: Callable[[str, str], None]) -> list[_Entry]:
     return found
 
 
-@dataclass
-class _Uploads:
-    """Sealing and uploading packs in worker threads, at most ``limit`` in flight."""
-
-    repo: Repository
-    workers: int
-    pool: ThreadPoolExecutor = field(init=False)
-    slots: threading.BoundedSemaphore = field(init=False)
-    futures: list[Future[int]] = field(default_factory=list)
-    started: list[str] = field(default_factory=list)
-    written: dict[str, list[PackEntry]] = field(default_factory=dict)
-    stored: int = 0
-
-    def __post_init__(self) -> None:
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bkv-pack")
-        self.slots = threading.BoundedSemaphore(self.workers + 1)
-
-    def submit(self, builder: PackBuilder) -> None:
-        self.slots.acquire()
-        self.started.append(builder.name)
-        try:
-            future = self.pool.submit(self._store, builder)
-        except BaseException:
-            self.slots.release()
-            raise
-        self.futures.append(future)
-        self._reap(block=False)
-
-    def _store(self, builder: PackBuilder) -> int:
-        try:
-            entries = list(builder.entries)
-            size = self.repo.write(builder.name, builder.finish())
-            self.written[builder.name] = entries
-            return size
-        finally:
-            self.slots.release()
-
-    def _reap(self, *, block: bool) -> None:
-        pending: list[Future[int]] = []
-        for future in self.futures:
-            if block or future.done():
-                self.stored += future.result()
-            else:
-                pending.append(future)
-        self.futures = pending
-
-    def finish(self) -> None:
-        self._reap(block=True)
-        self.pool.shutdown(wait=True)
-
-    def discard(self) -> None:
-        """Stop, wait for the workers, and delete every pack this run started."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        for name in self.started:
-            with contextlib.suppress(StorageError):
-                self.repo.storage.delete(name)
-
-
 class Archiver:
-    """One backup run against an opened repository."""
+    """One backup run against an opened repository.
+
+    Files are read, cut and hashed by ``workers`` file threads at once (the
+    chunker, the MAC and reads release the GIL); the dedup decision and the
+    copy into the current pack happen under one lock, in whatever order files
+    finish; the snapshot keeps the folder's order.
+    """
 
     def __init__(
         self,
@@ -165,76 +118,101 @@ class Archiver:
         self.repo = repo
         self.index = index
         self.parent = {n.path: n for n in parent.tree if n.type == "file"} if parent else {}
-        self.uploads = _Uploads(repo, workers)
-        self.chunker: Chunker = repo.chunker()
-        self.builder = PackBuilder()
+        self.uploads = Uploads(repo, workers)
+        self.readers = ThreadPoolExecutor(FILE_THREADS, thread_name_prefix="bkv-read")
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.builder = self.uploads.builder()
         self.progress = progress
         self.done_bytes = 0
         self.total_bytes = 0
+        self.new_bytes = 0
 
     def run(self, root: Path, entries: list[_Entry], result: BackupResult) -> list[Node]:
         self.total_bytes = sum(e.info.st_size for e in entries if stat.S_ISREG(e.info.st_mode))
         nodes: list[Node] = []
+        reading: collections.deque[tuple[Node, Future[None]]] = collections.deque()
         for entry in entries:
             info = entry.info
             node = Node(entry.rel, "dir", stat.S_IMODE(info.st_mode), info.st_mtime_ns)
+            nodes.append(node)
             if stat.S_ISREG(info.st_mode):
                 node.type, node.inode = "file", info.st_ino
-                self._file(root / entry.rel, node, info, result)
                 result.files += 1
-                result.size += node.size
+                if not self._unchanged(node, info, result):
+                    reading.append((node, self.readers.submit(self._file, root / entry.rel, node)))
+                    while len(reading) > READ_AHEAD:
+                        self._collect(reading.popleft(), result)
             elif stat.S_ISLNK(info.st_mode):
                 node.type = "symlink"
                 node.target = os.readlink(root / entry.rel)
                 result.links += 1
             else:
                 result.dirs += 1
-            nodes.append(node)
+        while reading:
+            self._collect(reading.popleft(), result)
+        self.readers.shutdown(wait=True)
         if self.builder.entries:
             self.uploads.submit(self.builder)
-            self.builder = PackBuilder()
+        else:
+            self.uploads.free.put(self.builder.buffer)
         self.uploads.finish()
+        result.new_bytes = self.new_bytes
+        result.size = sum(n.size for n in nodes)
         return nodes
 
-    def _file(self, path: Path, node: Node, info: os.stat_result, result: BackupResult) -> None:
+    def stop(self) -> None:
+        """After a failure: let running file threads end, start no more."""
+        self.readers.shutdown(wait=True, cancel_futures=True)
+
+    def _collect(self, item: tuple[Node, Future[None]], result: BackupResult) -> None:
+        node, future = item
+        future.result()
+        self._advance(node.size)
+
+    def _unchanged(self, node: Node, info: os.stat_result, result: BackupResult) -> bool:
+        """The parent snapshot's chunks, when path, size, mtime and inode all match."""
         old = self.parent.get(node.path)
         if (
-            old is not None
-            and (old.size, old.mtime_ns, old.inode) == (info.st_size, info.st_mtime_ns, info.st_ino)
-            and all(c in self.index for c in old.chunks)
+            old is None
+            or (old.size, old.mtime_ns, old.inode) != (info.st_size, info.st_mtime_ns, info.st_ino)
+            or not all(c in self.index for c in old.chunks)
         ):
-            node.size, node.chunks = old.size, list(old.chunks)
-            result.unchanged_files += 1
-            self._advance(old.size)
-            return
+            return False
+        node.size, node.chunks = old.size, list(old.chunks)
+        result.unchanged_files += 1
+        self._advance(old.size)
+        return True
+
+    def _file(self, path: Path, node: Node) -> None:
+        """File thread: read, cut and hash one file; store its new chunks."""
+        local = self.local
+        if not hasattr(local, "window"):
+            local.window, local.chunker = new_buffer(WINDOW_SIZE), self.repo.chunker()
         try:
             with open(path, "rb", buffering=0) as handle:
-                if info.st_size <= WHOLE_FILE_LIMIT:
-                    data = handle.read()
-                    chunks = self.chunker.buffer(data) if data else iter(())
-                    self._chunks(chunks, node, result)
-                else:
-                    self._chunks(self.chunker.stream(handle), node, result)
+                self._chunks(handle, node, local.chunker, local.window)
         except OSError as err:
             reason = err.strerror or "it changed while being backed up"
             raise SourceError(f"can't read {path}: {reason}") from None
 
-    def _chunks(self, chunks: object, node: Node, result: BackupResult) -> None:
+    def _chunks(self, handle: Readable, node: Node, chunker: Chunker, window: memoryview) -> None:
         chunk_id = self.repo.keys.chunk_id
         index = self.index
-        for data in chunks:  # type: ignore[attr-defined]
+        for data in chunker.file(handle, window):
             cid = chunk_id(data)
             node.chunks.append(cid)
             node.size += len(data)
-            if cid not in index:
-                entry = PackEntry(cid, len(self.builder.data), len(data))
-                index.add_pack(self.builder.name, [entry])
-                self.builder.add(cid, data)
-                result.new_bytes += len(data)
+            if cid in index:
+                continue
+            with self.lock:
+                if cid in index:
+                    continue
+                index.add_pack(self.builder.name, [self.builder.add(cid, data)])
+                self.new_bytes += len(data)
                 if self.builder.full():
                     self.uploads.submit(self.builder)
-                    self.builder = PackBuilder()
-            self._advance(len(data))
+                    self.builder = self.uploads.builder()
 
     def _advance(self, count: int) -> None:
         if self.progress is not None:
@@ -317,6 +295,7 @@ def create(
             result.stored_bytes += repo.write(snap_name, snapshot.encode())
         except BaseException:
             with uninterrupted():
+                archiver.stop()
                 if not _published(repo, snap_name):
                     archiver.uploads.discard()
                     with contextlib.suppress(StorageError):

@@ -10,7 +10,7 @@ memory does not grow with the file, and it cuts with the GIL released.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Protocol
 
 from pyfastcdc import FastCDC
 
@@ -18,6 +18,10 @@ MIN_SIZE = 256 * 1024
 AVG_SIZE = 1024 * 1024
 MAX_SIZE = 4 * 1024 * 1024
 _COMPILED = FastCDC.__module__.startswith("pyfastcdc.cy")
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class Chunker:
@@ -39,10 +43,36 @@ class Chunker:
             avg_size - min_size, min_size=min_size, max_size=max_size, seed=seed
         )
 
-    def stream(self, src: BinaryIO) -> Iterator[memoryview]:
-        """Chunks of ``src``; each view is valid only until the next one is taken."""
-        for chunk in self._cdc.cut_stream(src):
-            yield chunk.data
+    def file(self, src: Readable, window: memoryview) -> Iterator[memoryview]:
+        """Chunks of ``src`` read through ``window``, a buffer the caller reuses.
+
+        Each view points into ``window`` and is valid only until the next one is
+        taken. A chunk that ends where the window's data ends may be cut short
+        by the window, so it is carried over and cut again with more data; every
+        other cut point depends only on the bytes before it, so the chunks are
+        exactly those of the whole file cut at once.
+        """
+        if len(window) <= 2 * self.max_size:
+            raise ValueError("the window must hold more than two largest chunks")
+        filled, eof = 0, False
+        while True:
+            while not eof and filled < len(window):
+                count = src.readinto(window[filled:])
+                if not count:
+                    eof = True
+                else:
+                    filled += count
+            start = 0
+            for chunk in self._cdc.cut_buf(window[:filled]):
+                end = start + chunk.length
+                if end == filled and not eof:
+                    break
+                yield window[start:end]
+                start = end
+            if eof:
+                return
+            window[: filled - start] = window[start:filled]
+            filled -= start
 
     def buffer(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
         """Chunks of an in-memory buffer (views into it)."""

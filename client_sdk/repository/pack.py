@@ -20,10 +20,12 @@ from client_sdk.repository.keys import ID_SIZE
 PACK_PREFIX = "pack-"
 PACK_SUFFIX = ".age"
 TARGET_SIZE = 8 * 1024 * 1024
+MAX_ENTRIES = 16384  # many tiny files: the trailer stays small
 MAX_PACK_BYTES = 64 * 1024 * 1024
 MAGIC = b"bkvpack1"
 _ENTRY = struct.Struct(f">{ID_SIZE}sI")
 _TAIL = struct.Struct(">I8s")
+TRAILER_ENTRY = _ENTRY.size
 
 
 class PackFormatError(ValueError):
@@ -46,26 +48,36 @@ def is_pack_name(name: str) -> bool:
 
 
 class PackBuilder:
-    """Collects chunks until the pack is big enough to be sealed and written."""
+    """Collects chunks in a caller's buffer until the pack is big enough to be sealed.
 
-    def __init__(self) -> None:
+    The buffer is reused from pack to pack (see :mod:`.buffers`); it must hold
+    :data:`TARGET_SIZE` plus one largest chunk plus the largest trailer.
+    """
+
+    def __init__(self, buffer: memoryview) -> None:
         self.name = new_pack_name()
-        self.data = bytearray()
+        self.buffer = buffer
+        self.size = 0
         self.entries: list[PackEntry] = []
 
-    def add(self, chunk_id: bytes, data: bytes | bytearray | memoryview) -> None:
-        self.entries.append(PackEntry(chunk_id, len(self.data), len(data)))
-        self.data += data
+    def add(self, chunk_id: bytes, data: bytes | bytearray | memoryview) -> PackEntry:
+        entry = PackEntry(chunk_id, self.size, len(data))
+        self.buffer[self.size : self.size + len(data)] = data
+        self.size += len(data)
+        self.entries.append(entry)
+        return entry
 
     def full(self) -> bool:
-        return len(self.data) >= TARGET_SIZE
+        return self.size >= TARGET_SIZE or len(self.entries) >= MAX_ENTRIES
 
-    def finish(self) -> bytearray:
-        """The plaintext with its trailer appended (the builder is spent)."""
+    def finish(self) -> memoryview:
+        """The plaintext with its trailer appended (a view into the buffer)."""
+        pos = self.size
         for entry in self.entries:
-            self.data += _ENTRY.pack(entry.chunk_id, entry.length)
-        self.data += _TAIL.pack(len(self.entries), MAGIC)
-        return self.data
+            _ENTRY.pack_into(self.buffer, pos, entry.chunk_id, entry.length)
+            pos += _ENTRY.size
+        _TAIL.pack_into(self.buffer, pos, len(self.entries), MAGIC)
+        return self.buffer[: pos + _TAIL.size]
 
 
 def parse_trailer(plain: bytes | bytearray | memoryview) -> list[PackEntry]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from client_sdk.backup import BACKUP_SUFFIX, MANIFEST_SUFFIX
 from client_sdk.backup.errors import BackupError, BackupNotFound
+from client_sdk.repository.buffers import PACK_CAPACITY, new_buffer
 from client_sdk.repository.index import encode_index, is_index_name, new_index_name
 from client_sdk.repository.lock import locked
 from client_sdk.repository.pack import PackBuilder, PackEntry, is_pack_name
@@ -87,7 +88,8 @@ def prune(repo: Repository, result: ForgetResult) -> None:
             partial[pack] = used
         else:
             drop.append(pack)
-    builder = PackBuilder()
+    buffer = new_buffer(PACK_CAPACITY)
+    builder = PackBuilder(buffer)
     for pack, used in sorted(partial.items()):
         plain, _entries = repo.read_pack(pack)
         view = memoryview(plain)
@@ -95,12 +97,12 @@ def prune(repo: Repository, result: ForgetResult) -> None:
             builder.add(entry.chunk_id, view[entry.offset : entry.offset + entry.length])
             if builder.full():
                 keep[builder.name] = list(builder.entries)
-                repo.write(builder.name, builder.finish())
-                builder = PackBuilder()
+                repo.write_pack(builder.name, builder.finish())
+                builder = PackBuilder(buffer)
         drop.append(pack)
     if builder.entries:
         keep[builder.name] = list(builder.entries)
-        repo.write(builder.name, builder.finish())
+        repo.write_pack(builder.name, builder.finish())
     old_indexes = [n for n in names if is_index_name(n)]
     if not drop and len(old_indexes) <= 1:
         return

@@ -13,9 +13,10 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 from client_sdk import age
-from client_sdk.age.memory import decrypt_bytes, encrypt_bytes
+from client_sdk.age.memory import decrypt_bytes, decrypt_into, encrypt_bytes, encrypt_into
 from client_sdk.backup.errors import DamagedBackupError, WrongKeyError
 from client_sdk.keys import BackupKey
+from client_sdk.repository.buffers import SEALED_CAPACITY, thread_buffers
 from client_sdk.repository.chunker import AVG_SIZE, MAX_SIZE, MIN_SIZE, Chunker
 from client_sdk.repository.index import (
     MAX_INDEX_BYTES,
@@ -25,7 +26,7 @@ from client_sdk.repository.index import (
     is_index_name,
 )
 from client_sdk.repository.keys import RepoKeys
-from client_sdk.repository.pack import MAX_PACK_BYTES, PackEntry, PackFormatError, parse_trailer
+from client_sdk.repository.pack import PackEntry, PackFormatError, parse_trailer
 from client_sdk.repository.snapshot import (
     MAX_SNAPSHOT_BYTES,
     Snapshot,
@@ -152,13 +153,35 @@ class Repository:
 
     # --- packs ----------------------------------------------------------------------------
 
-    def read_pack(self, name: str) -> tuple[bytearray, list[PackEntry]]:
-        """A pack's plaintext and its entries; a missing or damaged pack is named."""
+    def write_pack(self, name: str, plain: memoryview) -> int:
+        """Seal a pack through this thread's reusable buffer and publish it."""
+        sealed, _plain = thread_buffers()
+        size = encrypt_into(plain, self.keys.recipient, sealed)
+        self.storage.write_small(name, sealed[:size])
+        return size
+
+    def read_pack(self, name: str) -> tuple[memoryview, list[PackEntry]]:
+        """A pack's plaintext and entries; a missing or damaged pack is named.
+
+        The plaintext lives in this thread's reusable buffer: it is valid until
+        this thread reads the next pack.
+        """
+        sealed, plain = thread_buffers()
         try:
-            plain = self.read(name, MAX_PACK_BYTES)
+            size = self.storage.read_into(name, sealed, SEALED_CAPACITY)
         except ObjectNotFound:
             raise DamagedBackupError(f"{name} is missing from {self.url}") from None
+        except StorageError as err:
+            if "larger than expected" in str(err):
+                raise DamagedBackupError(f"{name} in {self.url} is damaged: too large") from None
+            raise
         try:
-            return plain, parse_trailer(plain)
+            view = plain[: decrypt_into(sealed[:size], self.keys.identity, plain)]
+        except age.NoIdentityMatchError:
+            raise WrongKeyError("this key does not open this backup") from None
+        except (age.AgeError, ValueError) as err:
+            raise DamagedBackupError(f"{name} in {self.url} is damaged: {err}") from None
+        try:
+            return view, parse_trailer(view)
         except PackFormatError as err:
             raise DamagedBackupError(f"{name} in {self.url} is damaged: {err}") from None

@@ -144,11 +144,8 @@ class _Restorer:
             if node.type == "dir":
                 target.mkdir(mode=0o700)
             elif node.type == "file":
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    os.ftruncate(fd, node.size)
-                finally:
-                    os.close(fd)
+                if not node.chunks:  # the others are created by their first chunk
+                    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 offset = 0
                 for cid in node.chunks:
                     loc = self.index.chunks[cid]
@@ -181,7 +178,7 @@ class _Restorer:
                 raise DamagedBackupError(
                     f"{name} in {self.repo.url} is damaged: a chunk does not match its id"
                 )
-            fd = os.open(piece.file, os.O_WRONLY)
+            fd = os.open(piece.file, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 written = os.pwrite(fd, data, piece.file_offset)
                 while written < len(data):

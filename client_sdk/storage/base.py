@@ -151,7 +151,21 @@ class Storage(ABC):
             raise StorageError(f"{name} is larger than expected")
         return data
 
-    def write_small(self, name: str, data: bytes) -> None:
+    def read_into(self, name: str, buffer: memoryview, limit: int) -> int:
+        """Read a whole object into ``buffer`` (reused by the caller); return its size."""
+        with self.open_reader(name) as reader:
+            size = reader.size
+            if size > min(limit, len(buffer)):
+                raise StorageError(f"{name} is larger than expected")
+            got = 0
+            while got < size:
+                count = reader.readinto(buffer[got:size])
+                if not count:
+                    break
+                got += count
+        return got
+
+    def write_small(self, name: str, data: bytes | memoryview) -> None:
         """Write a small object in one go (published atomically)."""
         with self.open_writer(name) as writer:
             writer.write(data)
