@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +133,7 @@ def run_create(args: argparse.Namespace) -> int:
             on_skip=_skipped,
             progress=bar if bar.enabled else None,
         )
+        _done()
     if args.json:
         print(json.dumps(vars(result)))
     else:
@@ -184,6 +186,7 @@ def run_restore(args: argparse.Namespace) -> int:
                 args.backup, args.source, key, args.dest_dir,
                 path=args.path, s3_endpoint=args.s3_endpoint, progress=shown,
             )  # fmt: skip
+        _done()
     print(f"restored into {args.dest_dir}", file=sys.stderr)
     return 0
 
@@ -227,6 +230,11 @@ def run_check(args: argparse.Namespace) -> int:
         raise CliError(f"{len(report.errors)} problems found", EXIT_DAMAGED)
     print("no problems found")
     return 0
+
+
+def _done() -> None:
+    """The work is published: a Ctrl-C from now on must not report it as interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -292,7 +292,8 @@ def create(
                 result.snapshot_id, datetime.now(UTC).replace(microsecond=0), host, source,
                 parent.id if parent else None, _summary(result), nodes,
             )  # fmt: skip
-            result.stored_bytes += repo.write(snap_name, snapshot.encode())
+            with uninterrupted():  # published means done: an interrupt now changes nothing
+                result.stored_bytes += repo.write(snap_name, snapshot.encode())
         except BaseException:
             with uninterrupted():
                 archiver.stop()

@@ -115,7 +115,8 @@ def restore(
         result = _Restorer(repo, index, temp, progress).run(nodes, workers)
         mode = stat.S_IMODE(dest.stat().st_mode) if dest.is_dir() else 0o700
         temp.chmod(mode)
-        os.rename(temp, dest)  # replaces dest only if it is still an empty folder
+        with uninterrupted():  # restored means done: an interrupt now changes nothing
+            os.rename(temp, dest)  # replaces dest only if it is still an empty folder
         return result
     except OSError as err:
         raise DestinationError(f"can't restore into {dest}: {err.strerror or err}") from None
