@@ -71,7 +71,7 @@ def create(
 ) -> BackupResult:
     check_source(Path(src_dir))  # before the storage folder is created
     repo = Repository.open(url, key, create=True, s3_endpoint=s3_endpoint)
-    workers = 4 if url.startswith("s3://") else 2
+    workers = 4
     return archiver.create(src_dir, repo, on_skip=on_skip, progress=progress, workers=workers)
 
 
