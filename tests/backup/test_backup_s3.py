@@ -116,3 +116,44 @@ def test_unreachable_endpoint(tmp_path: Path, tree: Path, key: KeyPair) -> None:
     assert result.returncode == 4
     assert "unreachable" in err_line(result)
     assert result.stdout == b""
+
+
+def test_packs_upload_in_parallel_with_a_bound(
+    tmp_path: Path, key: KeyPair, s3_server: S3Server
+) -> None:
+    import threading
+    import time
+
+    from client_sdk.repository import Repository, archiver
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"video-{i}.mp4").write_bytes(os.urandom(5_000_000))
+    repo = Repository.open(f"s3://{S3_BUCKET}/parallel", key.key, s3_endpoint=s3_server.endpoint)
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0, "puts": 0}
+
+    def before(**_kwargs: object) -> None:
+        with lock:
+            state["now"] += 1
+            state["puts"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)  # a slow network: uploads overlap if they can
+
+    def after(**_kwargs: object) -> None:
+        with lock:
+            state["now"] -= 1
+
+    events = repo.storage._client.meta.events  # type: ignore[attr-defined]
+    events.register("before-call.s3.PutObject", before)
+    events.register("after-call.s3.PutObject", after)
+    result = archiver.create(src, repo, workers=3)
+    assert result.new_bytes == 20_000_000
+    assert state["puts"] >= 6  # 3 packs of about 8 MiB, lock, index, config, snapshot
+    assert 2 <= state["most"] <= 3
+    dest = tmp_path / "dest"
+    from client_sdk.repository import restorer
+
+    restorer.restore(repo, result.snapshot_id, dest)
+    assert tree_snapshot(dest) == tree_snapshot(src)
