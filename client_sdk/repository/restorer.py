@@ -173,12 +173,17 @@ class _Restorer:
         plain, _entries = self.repo.read_pack(name)
         view = memoryview(plain)
         chunk_id = self.repo.keys.chunk_id
+        verified: set[tuple[bytes, int]] = set()
         for piece in pieces:
             data = view[piece.offset : piece.offset + piece.length]
-            if len(data) != piece.length or not hmac.compare_digest(chunk_id(data), piece.chunk_id):
-                raise DamagedBackupError(
-                    f"{name} in {self.repo.url} is damaged: a chunk does not match its id"
-                )
+            if (piece.chunk_id, piece.offset) not in verified:
+                if len(data) != piece.length or not hmac.compare_digest(
+                    chunk_id(data), piece.chunk_id
+                ):
+                    raise DamagedBackupError(
+                        f"{name} in {self.repo.url} is damaged: a chunk does not match its id"
+                    )
+                verified.add((piece.chunk_id, piece.offset))
             fd = os.open(piece.file, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 written = os.pwrite(fd, data, piece.file_offset)
