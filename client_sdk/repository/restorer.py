@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import posixpath
 import secrets
 import shutil
 import stat
@@ -74,7 +75,8 @@ def select(snapshot: Snapshot, path: str | None) -> list[Node]:
             parent = parent.rpartition("/")[0]
     if path is None:
         return list(tree)
-    wanted = path.strip("/")
+    wanted = posixpath.normpath(path.replace(os.sep, "/")).strip("/")
+    wanted = "" if wanted == "." else wanted
     chosen = [n for n in tree if n.path == wanted or n.path.startswith(wanted + "/")]
     if not wanted or not chosen:
         raise PathNotInSnapshot(f"{path} is not in backup {snapshot.id}")
