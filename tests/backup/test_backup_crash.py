@@ -189,3 +189,28 @@ def test_forget_waits_for_no_one_but_never_runs_beside_a_backup(
         assert "is in use by a backup" in err_line(forget)
         assert len(_ids(store, key)) == 2
     _check(store, key)
+
+
+def test_sigkill_during_forget_keeps_the_repository_valid(tmp_path: Path, key: KeyPair) -> None:
+    src, store = _source(tmp_path / "src", 7, 2, 3_000_000), tmp_path / "store"
+    rng = random.Random(99)
+    for round_ in range(3):
+        for day in range(2):  # every day drops a file: prune has packs to delete and repack
+            victims = sorted((src / "media").iterdir())
+            if victims:
+                victims[0].unlink()
+            _source(src, 700 + 10 * round_ + day, 2, 3_000_000)
+            made = run_bkv("backup", "create", src, "--to", store, "--key-file", key.path)
+            assert made.returncode == 0, made.stderr
+        latest = made.stdout.decode().strip()
+        proc = _start("backup", "forget", "--to", store, "--key-file", key.path, "--keep-last", "1")
+        if _wait_for(lambda: _working(store), proc):
+            time.sleep(rng.uniform(0, 0.3))
+            proc.kill()
+        proc.communicate(timeout=WAIT)
+        _check(store, key)
+        dest = tmp_path / f"dest-{round_}"
+        restored = run_bkv("backup", "restore", latest, "--from", store,
+                           "--key-file", key.path, dest)  # fmt: skip
+        assert restored.returncode == 0, restored.stderr
+        assert tree_snapshot(dest) == tree_snapshot(src)

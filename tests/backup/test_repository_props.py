@@ -138,3 +138,22 @@ def test_chunk_ids_are_keyed_and_boundaries_depend_on_the_key() -> None:
     cuts_a = [len(c) for c in Chunker(a.chunker_seed, **SMALL).buffer(data)]
     cuts_b = [len(c) for c in Chunker(b.chunker_seed, **SMALL).buffer(data)]
     assert cuts_a != cuts_b
+
+
+def test_prune_repacks_partly_used_packs(tmp_path: Path) -> None:
+    key = BackupKey.generate()
+    src, store = tmp_path / "src", str(tmp_path / "store")
+    src.mkdir()
+    rng = random.Random(5)
+    (src / "kept.bin").write_bytes(rng.randbytes(2_000_000))
+    (src / "dropped.bin").write_bytes(rng.randbytes(2_000_000))  # same pack as kept.bin
+    first = repository.create(src, store, key).snapshot_id
+    (src / "dropped.bin").unlink()
+    second = repository.create(src, store, key).snapshot_id
+    result = repository.forget(store, key, ids=[first])
+    assert result.repacked_packs == 1 and result.removed == [first]
+    packs = [p for p in Path(store).iterdir() if p.name.startswith("pack-")]
+    assert sum(p.stat().st_size for p in packs) < 2_100_000  # the dropped file is gone
+    assert not repository.check(store, key, read_data=True).errors
+    repository.restore(second, store, key, tmp_path / "dest")
+    assert tree_snapshot(tmp_path / "dest") == tree_snapshot(src)
