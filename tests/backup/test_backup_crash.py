@@ -194,7 +194,7 @@ def test_forget_waits_for_no_one_but_never_runs_beside_a_backup(
 def test_sigkill_during_forget_keeps_the_repository_valid(tmp_path: Path, key: KeyPair) -> None:
     src, store = _source(tmp_path / "src", 7, 2, 3_000_000), tmp_path / "store"
     rng = random.Random(99)
-    for round_ in range(3):
+    for round_ in range(2):
         for day in range(2):  # every day drops a file: prune has packs to delete and repack
             victims = sorted((src / "media").iterdir())
             if victims:
