@@ -21,6 +21,8 @@ from client_sdk.repository.pack import PackBuilder, PackEntry, is_pack_name
 from client_sdk.repository.repo import CONFIG_NAME, Repository
 from client_sdk.repository.snapshot import SNAPSHOT_ID_RE, snapshot_name
 
+ABANDONED_AFTER = 3600.0  # an unfinished upload this old has no live writer
+
 
 @dataclass
 class ForgetResult:
@@ -28,6 +30,7 @@ class ForgetResult:
     kept: int = 0
     deleted_packs: int = 0
     repacked_packs: int = 0
+    abandoned_uploads: int = 0
 
 
 def forget(
@@ -61,6 +64,7 @@ def forget(
                 repo.storage.delete(sid + BACKUP_SUFFIX)
         result = ForgetResult(doomed, kept=len([s for s in all_ids if s not in doomed]))
         prune(repo, result)
+        result.abandoned_uploads = repo.storage.remove_abandoned(ABANDONED_AFTER)
     return result
 
 

@@ -141,6 +141,15 @@ class Storage(ABC):
     def delete(self, name: str) -> None:
         """Remove object ``name`` (no error if absent)."""
 
+    def remove_abandoned(self, older_than: float) -> int:
+        """Delete uploads a killed process left unfinished, older than ``older_than`` seconds.
+
+        Returns how many went. Nothing by default: S3 buckets reap abandoned
+        multipart uploads with a lifecycle rule.
+        """
+        del older_than
+        return 0
+
     def read_small(self, name: str, limit: int) -> bytes:
         """The whole content of a small object; :class:`StorageError` above ``limit`` bytes."""
         with self.open_reader(name) as reader:

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -122,6 +123,23 @@ class FolderStorage(Storage):
             raise StorageNotFound(f"storage not found: {self.path}") from None
         except OSError as err:
             raise _fail(self.path, err) from None
+
+    def remove_abandoned(self, older_than: float) -> int:
+        """Hidden ``.*.part`` files whose writer is gone (a killed process leaves them)."""
+        limit = time.time() - older_than
+        removed = 0
+        try:
+            with os.scandir(self.path) as entries:
+                for entry in entries:
+                    if not (entry.name.startswith(".") and entry.name.endswith(_PART_SUFFIX)):
+                        continue
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < limit:
+                            os.unlink(entry.path)
+                            removed += 1
+        except OSError as err:
+            raise _fail(self.path, err) from None
+        return removed
 
     def delete(self, name: str) -> None:
         path = self.path / check_name(name)

@@ -35,3 +35,17 @@ def test_commit_then_exit_keeps_the_object(tmp_path: Path) -> None:
     storage.write_small("kept.age", b"data")
     assert listing(tmp_path / "store") == ["kept.age"]
     assert storage.read_small("kept.age", 10) == b"data"
+
+
+def test_abandoned_part_files_go_only_when_old(tmp_path: Path) -> None:
+    import time
+
+    storage = open_storage(str(tmp_path / "store"), create=True)
+    old = tmp_path / "store" / ".pack-a.age.0123456789ab.part"
+    fresh = tmp_path / "store" / ".pack-b.age.ba9876543210.part"
+    for part in (old, fresh):
+        part.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    storage.write_small("kept.age", b"data")
+    assert storage.remove_abandoned(3600) == 1
+    assert listing(tmp_path / "store") == [fresh.name, "kept.age"]
