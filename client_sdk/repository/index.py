@@ -37,7 +37,7 @@ def is_index_name(name: str) -> bool:
     return name.startswith(INDEX_PREFIX) and name.endswith(INDEX_SUFFIX)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     pack: str
     offset: int

@@ -32,7 +32,7 @@ class PackFormatError(ValueError):
     """The plaintext of a pack does not follow the layout."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PackEntry:
     chunk_id: bytes
     offset: int

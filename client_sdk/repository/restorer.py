@@ -43,7 +43,7 @@ class RestoreResult:
     bytes: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Piece:
     chunk_id: bytes
     offset: int

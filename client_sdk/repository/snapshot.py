@@ -58,7 +58,7 @@ def snapshot_id_of(name: str) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     path: str
     type: str
