@@ -25,10 +25,17 @@ def new_buffer(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size))
 
 
-def thread_buffers() -> tuple[memoryview, memoryview]:
-    """This thread's (sealed, plain) pair, each big enough for any pack."""
-    pair: tuple[memoryview, memoryview] | None = getattr(_local, "pair", None)
-    if pair is None:
-        pair = (new_buffer(SEALED_CAPACITY), new_buffer(MAX_PACK_BYTES))
-        _local.pair = pair
-    return pair
+def sealed_buffer() -> memoryview:
+    """This thread's buffer for a sealed pack (uploads and downloads)."""
+    buffer: memoryview | None = getattr(_local, "sealed", None)
+    if buffer is None:
+        buffer = _local.sealed = new_buffer(SEALED_CAPACITY)
+    return buffer
+
+
+def plain_buffer() -> memoryview:
+    """This thread's buffer for an opened pack (downloads only)."""
+    buffer: memoryview | None = getattr(_local, "plain", None)
+    if buffer is None:
+        buffer = _local.plain = new_buffer(MAX_PACK_BYTES)
+    return buffer

@@ -16,7 +16,7 @@ from client_sdk import age
 from client_sdk.age.memory import decrypt_bytes, decrypt_into, encrypt_bytes, encrypt_into
 from client_sdk.backup.errors import DamagedBackupError, WrongKeyError
 from client_sdk.keys import BackupKey
-from client_sdk.repository.buffers import SEALED_CAPACITY, thread_buffers
+from client_sdk.repository.buffers import SEALED_CAPACITY, plain_buffer, sealed_buffer
 from client_sdk.repository.chunker import AVG_SIZE, MAX_SIZE, MIN_SIZE, Chunker
 from client_sdk.repository.index import (
     MAX_INDEX_BYTES,
@@ -155,7 +155,7 @@ class Repository:
 
     def write_pack(self, name: str, plain: memoryview) -> int:
         """Seal a pack through this thread's reusable buffer and publish it."""
-        sealed, _plain = thread_buffers()
+        sealed = sealed_buffer()
         size = encrypt_into(plain, self.keys.recipient, sealed)
         self.storage.write_small(name, sealed[:size])
         return size
@@ -166,7 +166,7 @@ class Repository:
         The plaintext lives in this thread's reusable buffer: it is valid until
         this thread reads the next pack.
         """
-        sealed, plain = thread_buffers()
+        sealed, plain = sealed_buffer(), plain_buffer()
         try:
             size = self.storage.read_into(name, sealed, SEALED_CAPACITY)
         except ObjectNotFound:
