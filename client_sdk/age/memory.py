@@ -112,6 +112,10 @@ def plain_size(sealed_payload: int) -> int:
 
 def _unseal(aead: ChaCha20Poly1305, payload: memoryview, start: int, out: memoryview) -> int:
     count = max(1, -(-len(payload) // _SEALED))
+    last = len(payload) - (count - 1) * _SEALED  # only the last chunk can be short
+    if last < _TAG or (count > 1 and last == _TAG):
+        offset = start + (count - 1) * _SEALED
+        raise PayloadError(f"file is truncated (at byte {offset})", offset=offset, chunk=count - 1)
     need = plain_size(len(payload))
     if len(out) < need:
         raise ValueError(f"output buffer too small: {need} bytes needed")
