@@ -38,7 +38,13 @@ from client_sdk.repository.lock import locked
 from client_sdk.repository.pack import PackEntry, is_pack_name
 from client_sdk.repository.repo import CONFIG_NAME, Repository
 from client_sdk.repository.signals import uninterrupted
-from client_sdk.repository.snapshot import Node, Snapshot, new_snapshot_id, snapshot_name
+from client_sdk.repository.snapshot import (
+    Node,
+    Snapshot,
+    link_inside,
+    new_snapshot_id,
+    snapshot_name,
+)
 from client_sdk.repository.uploader import Uploads
 from client_sdk.storage import StorageError
 
@@ -87,6 +93,10 @@ def scan(root: Path, on_skip: Callable[[str, str], None]) -> list[_Entry]:
             except OSError as err:
                 raise SourceError(f"can't read {root / path}: {err.strerror}") from None
             reason = skip_reason(root, path, info.st_mode)
+            if not reason and stat.S_ISLNK(info.st_mode):
+                with contextlib.suppress(OSError):  # a read error is reported when it is read
+                    if not link_inside(path, os.readlink(root / path)):
+                        reason = "symbolic link pointing outside the folder"
             if reason:
                 on_skip(str(root / path), reason)
                 continue
@@ -145,7 +155,13 @@ class Archiver:
                         self._collect(reading.popleft(), result)
             elif stat.S_ISLNK(info.st_mode):
                 node.type = "symlink"
-                node.target = os.readlink(root / entry.rel)
+                try:
+                    node.target = os.readlink(root / entry.rel)
+                except OSError as err:
+                    raise SourceError(f"can't read {root / entry.rel}: {err.strerror}") from None
+                if not link_inside(entry.rel, node.target):
+                    raise SourceError(f"can't read {root / entry.rel}: it changed while being "
+                                      "backed up")  # fmt: skip
                 result.links += 1
             else:
                 result.dirs += 1

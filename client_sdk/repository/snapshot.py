@@ -90,7 +90,7 @@ class Node:
             node.chunks = [bytes.fromhex(c) for c in data["chunks"]]
         elif kind == "symlink":
             node.target = str(data["target"])
-            if posixpath.isabs(node.target) or not _inside(path, node.target):
+            if not link_inside(path, node.target):
                 raise SnapshotFormatError(f"link {path!r} points outside the backup")
         return node
 
@@ -146,7 +146,9 @@ def _safe_path(path: str) -> bool:
     return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
-def _inside(link_path: str, target: str) -> bool:
+def link_inside(link_path: str, target: str) -> bool:
     """Whether a relative link target stays inside the restored folder."""
+    if posixpath.isabs(target):
+        return False
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
     return joined != ".." and not joined.startswith("../") and not posixpath.isabs(joined)
