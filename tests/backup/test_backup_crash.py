@@ -142,7 +142,7 @@ def test_ctrl_c_during_restore_leaves_no_destination(tmp_path: Path, key: KeyPai
         proc = _start("backup", "restore", snapshot_id, "--from", store,
                       "--key-file", key.path, dest, "-q")  # fmt: skip
         if _wait_for(lambda: bool(listing(out)), proc):
-            time.sleep(rng.uniform(0, 0.2))
+            time.sleep(rng.uniform(0, 0.05))
             proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=WAIT)
         assert "Traceback" not in err.decode(), err
