@@ -6,7 +6,8 @@ backup gives way to a live exclusive lock; forget gives way to any live lock.
 If two take their locks at the same moment both may give way, never both
 proceed. A lock is stale (and removed by the next exclusive locker) when its
 process is gone on this host, or when it is older than :data:`STALE_AFTER`:
-that is how a killed backup's lock goes away.
+that is how a killed backup's lock goes away. A holder rewrites its lock every
+:data:`REFRESH_EVERY`, so a backup that runs for days is never taken for dead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from client_sdk.storage import ObjectNotFound
 LOCK_PREFIX = "lock-"
 LOCK_SUFFIX = ".age"
 STALE_AFTER = 24 * 3600
+REFRESH_EVERY = 3600.0  # a holder rewrites its lock this often: it is never STALE_AFTER old
 MAX_LOCK_BYTES = 64 * 1024
 
 
@@ -79,17 +82,45 @@ def read_locks(repo: Repository, names: list[str], own: str | None = None) -> li
     return found
 
 
-@contextlib.contextmanager
-def locked(repo: Repository, *, exclusive: bool) -> Iterator[list[LockInfo]]:
-    """Hold a lock for the block; yields the other live locks seen when it was taken."""
-    name = f"{LOCK_PREFIX}{secrets.token_hex(16)}{LOCK_SUFFIX}"
+def _lock_body(exclusive: bool) -> bytes:
     body = {
         "exclusive": exclusive,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "time": time.time(),
     }
-    repo.write(name, json.dumps(body).encode())
+    return json.dumps(body).encode()
+
+
+class _Refresher:
+    """Rewrites the lock every ``every`` seconds, so a long run never looks stale."""
+
+    def __init__(self, repo: Repository, name: str, exclusive: bool, every: float) -> None:
+        self._stop = threading.Event()
+        self._args = (repo, name, exclusive, every)
+        self._thread = threading.Thread(target=self._run, name="bkv-lock", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        repo, name, exclusive, every = self._args
+        while not self._stop.wait(every):
+            with contextlib.suppress(Exception):  # the next round tries again
+                repo.write(name, _lock_body(exclusive))
+
+    def stop(self) -> None:
+        """After this returns, the lock is never written again (so it can be deleted)."""
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+@contextlib.contextmanager
+def locked(
+    repo: Repository, *, exclusive: bool, refresh: float = REFRESH_EVERY
+) -> Iterator[list[LockInfo]]:
+    """Hold a lock for the block; yields the other live locks seen when it was taken."""
+    name = f"{LOCK_PREFIX}{secrets.token_hex(16)}{LOCK_SUFFIX}"
+    repo.write(name, _lock_body(exclusive))
+    refresher = _Refresher(repo, name, exclusive, refresh)
     try:
         now = time.time()
         others = read_locks(repo, repo.storage.names(), own=name)
@@ -106,5 +137,6 @@ def locked(repo: Repository, *, exclusive: bool) -> Iterator[list[LockInfo]]:
                     repo.storage.delete(lock.name)
         yield live
     finally:
+        refresher.stop()
         with contextlib.suppress(Exception):
             repo.storage.delete(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 from pathlib import Path
 
@@ -157,3 +158,18 @@ def test_prune_repacks_partly_used_packs(tmp_path: Path) -> None:
     assert not repository.check(store, key, read_data=True).errors
     repository.restore(second, store, key, tmp_path / "dest")
     assert tree_snapshot(tmp_path / "dest") == tree_snapshot(src)
+
+
+def test_a_held_lock_is_refreshed_and_removed(tmp_path: Path) -> None:
+    import time
+
+    from client_sdk.repository.lock import is_lock_name, locked, read_locks
+
+    repo = repository.Repository.open(str(tmp_path / "store"), BackupKey.generate(), create=True)
+    with locked(repo, exclusive=False, refresh=0.05):
+        (first,) = read_locks(repo, repo.storage.names())
+        time.sleep(0.4)
+        (later,) = read_locks(repo, repo.storage.names())
+        assert later.name == first.name and later.time > first.time
+        assert not first.stale(time.time()) and later.pid == os.getpid()
+    assert not [n for n in repo.storage.names() if is_lock_name(n)]
