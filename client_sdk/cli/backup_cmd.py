@@ -146,8 +146,20 @@ def run_list(args: argparse.Namespace) -> int:
     from client_sdk import repository
 
     key = load_key(args.key_file)
+    damaged: list[str] = []
     with _errors():
-        found = repository.list_backups(args.to, key, s3_endpoint=args.s3_endpoint)
+        found = repository.list_backups(
+            args.to, key, s3_endpoint=args.s3_endpoint, on_damaged=damaged.append
+        )
+    _list_table(args, found)
+    for problem in damaged:
+        print(f"bkv: {problem}", file=sys.stderr)
+    if damaged:
+        raise CliError(f"{len(damaged)} damaged backups not listed", EXIT_DAMAGED)
+    return 0
+
+
+def _list_table(args: argparse.Namespace, found: list[Any]) -> None:
     if args.json:
         rows = [
             {"id": b.backup_id, "time": b.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -155,17 +167,16 @@ def run_list(args: argparse.Namespace) -> int:
             for b in found
         ]  # fmt: skip
         print(json.dumps(rows, indent=2))
-        return 0
+        return
     if not found:
         print(f"no backups in {args.to}", file=sys.stderr)
-        return 0
+        return
     print(f"{'ID':<25} {'TIME (UTC)':<20} {'FILES':>7} {'SIZE':>10} {'NEW':>10}")
     for b in found:
         created = b.created.strftime("%Y-%m-%d %H:%M:%S")
         files = "-" if b.files is None else str(b.files)
         size, new = format_size(b.size), format_size(b.new_bytes)
         print(f"{b.backup_id:<25} {created:<20} {files:>7} {size:>10} {new:>10}")
-    return 0
 
 
 def run_restore(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from client_sdk import backup as single_file
 from client_sdk.backup.archive import check_source
-from client_sdk.backup.errors import BackupError, BackupNotFound
+from client_sdk.backup.errors import BackupError, BackupNotFound, DamagedBackupError
 from client_sdk.keys import BackupKey
 from client_sdk.progress import ProgressCallback
 from client_sdk.repository import archiver, checker, pruner, restorer
@@ -76,9 +76,17 @@ def create(
 
 
 def list_backups(
-    url: str, key: BackupKey, *, s3_endpoint: str | None = None
+    url: str,
+    key: BackupKey,
+    *,
+    s3_endpoint: str | None = None,
+    on_damaged: Callable[[str], None] | None = None,
 ) -> list[BackupSummary]:
-    """Snapshots and single-file backups, oldest first."""
+    """Snapshots and single-file backups, oldest first.
+
+    A damaged snapshot raises, or with ``on_damaged`` is reported there and left
+    out, so one bad object does not hide every other backup.
+    """
     repo = Repository.open(url, key, s3_endpoint=s3_endpoint)
     names = repo.storage.names()
     found = [
@@ -88,7 +96,14 @@ def list_backups(
     ids = repo.snapshot_ids(names)
     if ids and CONFIG_NAME in names:
         repo.check_config()
-    for snap in repo.load_snapshots(ids):
+    for snapshot_id in ids:
+        try:
+            snap = repo.load_snapshot(snapshot_id)
+        except DamagedBackupError as err:
+            if on_damaged is None:
+                raise
+            on_damaged(str(err))
+            continue
         summary = snap.summary
         found.append(
             BackupSummary(snap.id, snap.time, summary.get("files", 0), summary.get("size", 0),

@@ -19,7 +19,7 @@ from client_sdk.repository.index import encode_index, is_index_name, new_index_n
 from client_sdk.repository.lock import locked
 from client_sdk.repository.pack import PackBuilder, PackEntry, is_pack_name
 from client_sdk.repository.repo import CONFIG_NAME, Repository
-from client_sdk.repository.snapshot import SNAPSHOT_ID_RE, snapshot_name
+from client_sdk.repository.snapshot import SNAPSHOT_ID_RE, Snapshot, snapshot_name
 
 ABANDONED_AFTER = 3600.0  # an unfinished upload this old has no live writer
 
@@ -56,24 +56,27 @@ def forget(
         else:
             assert keep_last is not None
             doomed = all_ids[: max(0, len(all_ids) - keep_last)]
+        # Every backup that stays must be readable before anything is deleted:
+        # prune keeps only what they name.
+        kept = repo.load_snapshots([s for s in all_ids if s not in doomed])
         for sid in doomed:
             if sid in all_ids:
                 repo.storage.delete(snapshot_name(sid))
             else:  # a backup of the single-file format
                 repo.storage.delete(sid + MANIFEST_SUFFIX)
                 repo.storage.delete(sid + BACKUP_SUFFIX)
-        result = ForgetResult(doomed, kept=len([s for s in all_ids if s not in doomed]))
-        prune(repo, result)
+        result = ForgetResult(doomed, kept=len(kept))
+        prune(repo, result, kept)
         result.abandoned_uploads = repo.storage.remove_abandoned(ABANDONED_AFTER)
     return result
 
 
-def prune(repo: Repository, result: ForgetResult) -> None:
-    """Delete or repack what the remaining snapshots do not use (exclusive lock held)."""
+def prune(repo: Repository, result: ForgetResult, kept: list[Snapshot]) -> None:
+    """Delete or repack what the ``kept`` snapshots do not use (exclusive lock held)."""
     names = repo.storage.names()
     index = repo.load_index(names)
     needed: set[bytes] = set()
-    for snap in repo.load_snapshots(repo.snapshot_ids(names)):
+    for snap in kept:
         for node in snap.tree:
             needed.update(node.chunks)
     keep: dict[str, list[PackEntry]] = {}

@@ -333,3 +333,30 @@ def test_quiet_and_non_tty_print_no_progress(tmp_path: Path, tree: Path, key: Ke
     result = run_bkv("backup", "create", tree, "--to", tmp_path / "s", "--key-file", key.path)
     assert result.stderr == b""  # stderr is a pipe here: no progress bar
     assert re.fullmatch(rb"\d{8}T\d{6}Z-[0-9a-f]{6}\n", result.stdout)
+
+
+def test_a_damaged_snapshot_hides_no_other_backup(tmp_path: Path, tree: Path, key: KeyPair) -> None:
+    store = tmp_path / "store"
+    good, bad = _create(tree, store, key), _create(tree, store, key)
+    snapshot = store / f"snapshot-{bad}.age"
+    data = bytearray(snapshot.read_bytes())
+    data[-20] ^= 0x01
+    snapshot.write_bytes(bytes(data))
+    listed = run_bkv("backup", "list", "--to", store, "--key-file", key.path)
+    assert listed.returncode == 3
+    assert [line.split()[0] for line in listed.stdout.decode().splitlines()[1:]] == [good]
+    assert f"bkv: snapshot-{bad}.age in {store} is damaged" in err_line(listed)
+    assert err_line(listed).endswith("bkv: 1 damaged backups not listed")
+    forgot = run_bkv("backup", "forget", "--to", store, "--key-file", key.path, "--keep-last", "1")
+    assert forgot.returncode == 3  # nothing is deleted while a kept backup can't be read
+    assert f"snapshot-{bad}.age" in err_line(forgot)
+    assert f"snapshot-{good}.age" in listing(store)
+    removed = run_bkv("backup", "forget", bad, "--to", store, "--key-file", key.path)
+    assert removed.returncode == 0, removed.stderr
+    assert _ids_listed(store, key) == [good]
+
+
+def _ids_listed(store: Path, key: KeyPair) -> list[str]:
+    listed = run_bkv("backup", "list", "--to", store, "--key-file", key.path, "--json")
+    assert listed.returncode == 0, listed.stderr
+    return [row["id"] for row in json.loads(listed.stdout)]
