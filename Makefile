@@ -46,6 +46,14 @@ bench: $(STAMP)
 	$(BIN)/bkv bench files
 	$(BIN)/bkv bench vault
 
+# Incremental backups, bkv against restic (installed from Debian when missing) on a
+# WhatsApp-like folder of BENCH_BACKUP_MB: first backup, backup after a small change, restore.
+BENCH_BACKUP_MB ?= 640
+.PHONY: bench-backup
+bench-backup: $(STAMP)
+	bash scripts/install-system-deps.sh restic
+	$(BIN)/bkv bench backup --size-mb $(BENCH_BACKUP_MB)
+
 clean:
 	rm -rf $(VENV) bkv_api build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 

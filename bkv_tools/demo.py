@@ -70,7 +70,7 @@ def _step(say: Printer, n: int, text: str) -> None:
 
 
 def _story(cluster: LocalCluster, work: Path, say: Printer) -> None:
-    from client_sdk.backup import create_backup, restore_backup
+    from client_sdk import repository
     from client_sdk.errors import WrongPassword
     from client_sdk.keys import BackupKey
     from client_sdk.vault_client import VaultClient
@@ -88,11 +88,11 @@ def _story(cluster: LocalCluster, work: Path, say: Printer) -> None:
     size = sum(p.stat().st_size for p in phone.rglob("*") if p.is_file())
     say(f"  {phone} ({size / 1e6:.1f} MB)")
 
-    _step(say, 3, "Backing up with a new 256-bit backup key (age format, encrypted on device)")
+    _step(say, 3, "Backing up with a new 256-bit backup key (age files, encrypted on device)")
     key = BackupKey.generate()
     storage = work / "cloud-storage"
     storage.mkdir()
-    backup_id = create_backup(phone, str(storage), key.recipient())
+    backup_id = repository.create(phone, str(storage), key).snapshot_id
     say(f"  backup {backup_id} stored in {storage}")
     say(f"  backup key: {key.digits().split(' ')[0]} … (never shown in full)")
 
@@ -126,7 +126,7 @@ def _story(cluster: LocalCluster, work: Path, say: Printer) -> None:
     say(f"  got the backup key back: {recovered.digits().split(' ')[0]} …")
 
     _step(say, 8, "Restoring the backup onto the new device")
-    restore_backup(backup_id, recovered, new_phone, storage_url=str(storage))
+    repository.restore(backup_id, str(storage), recovered, new_phone)
 
     _step(say, 9, "Checking the restored files byte for byte")
     if not same_tree(phone, new_phone):

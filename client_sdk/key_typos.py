@@ -36,10 +36,35 @@ def fingerprint(key: BackupKey) -> str:
     return _fingerprint_of(key.raw)
 
 
-def _fingerprint_of(raw: bytes) -> str:
-    public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
+def fingerprint_of_public(public: bytes) -> str:
+    """The fingerprint of an X25519 recipient's 32 public bytes (no secret needed)."""
     digest = hashlib.sha256(_LABEL + public).digest()[:_FINGERPRINT_BYTES]
     return FINGERPRINT_PREFIX + digest.hex()
+
+
+def _fingerprint_of(raw: bytes) -> str:
+    return fingerprint_of_public(
+        X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw())
+
+
+# A repository records its key's fingerprint in the *name* of one small object
+# (``key-<fingerprint>.age``), so it can be read without the key while every
+# object stays an age file.
+_MARKER_PREFIX = "key-"
+_MARKER_SUFFIX = ".age"
+
+
+def marker_name(fp: str) -> str:
+    return f"{_MARKER_PREFIX}{fp}{_MARKER_SUFFIX}"
+
+
+def fingerprints_in(names: list[str]) -> list[str]:
+    """The key fingerprints recorded by the marker objects among ``names``."""
+    found = []
+    for name in names:
+        if name.startswith(_MARKER_PREFIX + FINGERPRINT_PREFIX) and name.endswith(_MARKER_SUFFIX):
+            found.append(name[len(_MARKER_PREFIX) : -len(_MARKER_SUFFIX)])
+    return found
 
 
 def matches(key: BackupKey, expected: str) -> bool:
@@ -82,6 +107,12 @@ def typed_digits(text: str) -> str | None:
             return None
         out.append(low)
     return "".join(out)
+
+
+def digit_count(text: str) -> int:
+    """How many hex digits ``text`` holds (-1 if it holds anything but digits and separators)."""
+    digits = typed_digits(text)
+    return -1 if digits is None else len(digits)
 
 
 def find_typo(text: str, expected: str) -> Typo | None:

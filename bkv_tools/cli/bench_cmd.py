@@ -1,4 +1,4 @@
-"""`bkv bench opaque|files|vault`: print performance figures (never pass/fail on time)."""
+"""`bkv bench opaque|files|backup|vault`: print performance figures (never pass/fail on time)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def register(sub: Any) -> None:
     opaque.set_defaults(handler=_lazy("bkv_tools.bench_opaque"))
     files = group.add_parser("files", help="backup encryption/decryption throughput")
     files.set_defaults(handler=_lazy("bkv_tools.bench_files"))
+    backup = group.add_parser(
+        "backup", help="incremental backups: bkv against restic on a WhatsApp-like folder"
+    )
+    backup.add_argument("--size-mb", type=int, default=640, help="folder size (default 640)")
+    backup.add_argument("--workdir", type=Path, default=None, help="where to build the folder")
+    backup.add_argument("--seed", type=int, default=1, help="content seed")
+    backup.set_defaults(handler=_backup)
     vault = group.add_parser("vault", help="vault registrations/recoveries per second, latency")
     vault.add_argument("--config", type=Path, default=None,
                        help="client.toml of a running cluster (default: start a temporary one)")
@@ -39,6 +46,14 @@ def _lazy(module: str) -> Any:
         return int(code) if isinstance(code, int) else 0
 
     return run
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from bkv_tools.bench_backup import run
+
+    if not 8 <= args.size_mb <= 1_000_000:
+        raise CliError("--size-mb must be between 8 and 1000000", 2)
+    return run(args.size_mb, args.workdir, args.seed)
 
 
 def _vault(args: argparse.Namespace) -> int:

@@ -12,14 +12,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bkv_tools.cli.exit_codes import ExitCode, classify
-from client_sdk.keys import MAX_KEY_FILE_BYTES, BackupKey, KeyFormatError, read_key_file
+from client_sdk.keys import MAX_KEY_FILE_BYTES, BackupKey, KeyFormatError
 
-# The old codes, with their old values, for `bkv backup` only until it adopts ExitCode
-# (bkv_tools.cli.exit_codes.classify); every other command uses ExitCode.
-EXIT_GENERIC = 1
-EXIT_BAD_INPUT = 2
-EXIT_DAMAGED = 3
-EXIT_UNREACHABLE = 4
 STDIO = "-"
 
 
@@ -58,14 +52,24 @@ def load_key(key_file: str | Path | None) -> BackupKey:
 
     Keys never come from the command line, where other users and shell history see them.
     """
+    return parse_key_text(*read_key_text(key_file))
+
+
+def read_key_text(key_file: str | Path | None) -> tuple[str, str]:
+    """(the key as typed or stored, where it came from): the file, else standard input."""
     if key_file is not None and str(key_file) != STDIO:
         try:
-            return read_key_file(key_file)
-        except KeyFormatError as err:
-            raise CliError(str(err), ExitCode.USAGE) from None
+            with open(key_file, "rb") as handle:
+                data = handle.read(MAX_KEY_FILE_BYTES + 1)
         except OSError as err:
             message = f"can't read key file {key_file}: {err.strerror}"
             raise CliError(message, ExitCode.USAGE) from None
+        if len(data) > MAX_KEY_FILE_BYTES:
+            raise CliError(f"{key_file}: too large to be a key file", ExitCode.USAGE)
+        try:
+            return data.decode("utf-8"), str(key_file)
+        except UnicodeDecodeError:
+            raise CliError(f"{key_file}: not a text key file", ExitCode.USAGE) from None
     try:
         if sys.stdin.isatty():
             text = getpass.getpass("Backup key (64 hex digits): ")
@@ -77,10 +81,15 @@ def load_key(key_file: str | Path | None) -> BackupKey:
         raise CliError("no key given: use --key-file FILE or type the key on stdin", ExitCode.USAGE)
     if len(text) > MAX_KEY_FILE_BYTES:
         raise CliError("standard input is too large to be a key", ExitCode.USAGE)
+    return text, "key on standard input"
+
+
+def parse_key_text(text: str, where: str) -> BackupKey:
+    """The key in ``text``; a one-line usage error naming ``where`` otherwise."""
     try:
         return BackupKey.parse(text)
     except KeyFormatError as err:
-        raise CliError(f"key on standard input: {err}", ExitCode.USAGE) from None
+        raise CliError(f"{where}: {err}", ExitCode.USAGE) from None
 
 
 @contextlib.contextmanager

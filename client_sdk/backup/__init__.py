@@ -158,7 +158,7 @@ def restore_backup(
     only when the whole backup authenticated and extracted.
     """
     dest = Path(dest_dir)
-    _check_destination(dest)
+    check_destination(dest)
     if storage_url is not None:
         location, name = storage_url, url_or_id
     elif BACKUP_ID_RE.fullmatch(url_or_id):
@@ -193,7 +193,7 @@ def restore_backup(
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def _check_destination(dest: Path) -> None:
+def check_destination(dest: Path) -> None:
     """Refuse before downloading anything: restores never merge into existing data."""
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise DestinationError(f"{dest} exists and is not a folder")

@@ -65,7 +65,7 @@ def scan(root: Path, on_skip: Callable[[str, str], None]) -> tuple[list[str], in
                 info = entry.stat(follow_symlinks=False)
             except OSError as err:
                 raise SourceError(f"can't read {root / path}: {err.strerror}") from None
-            reason = _skip_reason(root, path, info.st_mode)
+            reason = skip_reason(root, path, info.st_mode)
             if reason:
                 on_skip(str(root / path), reason)
                 continue
@@ -78,7 +78,7 @@ def scan(root: Path, on_skip: Callable[[str, str], None]) -> tuple[list[str], in
     return entries, estimate
 
 
-def _skip_reason(root: Path, rel: str, mode: int) -> str | None:
+def skip_reason(root: Path, rel: str, mode: int) -> str | None:
     """Why an entry can't be in a backup that restores safely, or None to keep it."""
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None

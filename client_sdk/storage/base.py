@@ -71,8 +71,14 @@ class ObjectWriter(io.RawIOBase, ABC):
         """Publish the object; return its size in bytes."""
         if self._done:
             raise ValueError("object already finished")
+        try:
+            self._commit()
+        except BaseException:
+            # Also on KeyboardInterrupt: nothing half-published may stay behind.
+            self._done = True
+            self._abort()
+            raise
         self._done = True
-        self._commit()
         return self.size
 
     def abort(self) -> None:
@@ -135,6 +141,15 @@ class Storage(ABC):
     def delete(self, name: str) -> None:
         """Remove object ``name`` (no error if absent)."""
 
+    def remove_abandoned(self, older_than: float) -> int:
+        """Delete uploads a killed process left unfinished, older than ``older_than`` seconds.
+
+        Returns how many went. Nothing by default: S3 buckets reap abandoned
+        multipart uploads with a lifecycle rule.
+        """
+        del older_than
+        return 0
+
     def read_small(self, name: str, limit: int) -> bytes:
         """The whole content of a small object; :class:`StorageError` above ``limit`` bytes."""
         with self.open_reader(name) as reader:
@@ -145,7 +160,21 @@ class Storage(ABC):
             raise StorageError(f"{name} is larger than expected")
         return data
 
-    def write_small(self, name: str, data: bytes) -> None:
+    def read_into(self, name: str, buffer: memoryview, limit: int) -> int:
+        """Read a whole object into ``buffer`` (reused by the caller); return its size."""
+        with self.open_reader(name) as reader:
+            size = reader.size
+            if size > min(limit, len(buffer)):
+                raise StorageError(f"{name} is larger than expected")
+            got = 0
+            while got < size:
+                count = reader.readinto(buffer[got:size])
+                if not count:
+                    break
+                got += count
+        return got
+
+    def write_small(self, name: str, data: bytes | memoryview) -> None:
         """Write a small object in one go (published atomically)."""
         with self.open_writer(name) as writer:
             writer.write(data)

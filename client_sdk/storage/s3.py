@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 MIB = 1024 * 1024
 PART_SIZE = 8 * MIB  # S3 needs >= 5 MiB for every part but the last
+SINGLE_PUT_LIMIT = 64 * MIB
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10)
 
@@ -83,6 +84,16 @@ class S3Storage(Storage):
 
     def open_writer(self, name: str) -> ObjectWriter:
         return _S3Writer(self, self._key(name), name)
+
+    def write_small(self, name: str, data: bytes | memoryview) -> None:
+        """One PUT (atomic on S3) for objects up to :data:`SINGLE_PUT_LIMIT`, like packs."""
+        if len(data) > SINGLE_PUT_LIMIT:
+            super().write_small(name, data)
+            return
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=bytes(data))
+        except (BotoCoreError, ClientError) as err:
+            raise self.error(err, name) from None
 
     def open_reader(self, name: str) -> ObjectReader:
         try:
@@ -151,10 +162,9 @@ class _S3Writer(ObjectWriter):
         self._buffer.clear()
 
     def _commit(self) -> None:
-        try:
-            if self._upload_id is None:
-                self._call("put_object", Body=bytes(self._buffer))
-                return
+        if self._upload_id is None:
+            self._call("put_object", Body=bytes(self._buffer))
+        else:
             if self._buffer:
                 self._flush_part()
             self._call(
@@ -162,9 +172,7 @@ class _S3Writer(ObjectWriter):
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
             )
-        except BaseException:
-            self._abort()
-            raise
+            self._upload_id = None
         self._buffer = bytearray()
 
     def _abort(self) -> None:

@@ -26,6 +26,8 @@ HELP_COMMANDS = [
     ("backup", "create"),
     ("backup", "list"),
     ("backup", "restore"),
+    ("backup", "forget"),
+    ("backup", "check"),
 ]
 
 
