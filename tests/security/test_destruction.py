@@ -9,22 +9,27 @@ leader, paused with SIGSTOP and resumed, must not answer a KE1 with a KE2.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from bkv_api.v1 import envelope_pb2 as pb
+from bkv_protocol import opaque
+from bkv_protocol.ksf import IDENTITY_KSF
 from tests.vault.conftest import (
     TEST_ATTEMPT_LIMIT,
     Cluster,
     VaultCallError,
     VaultTestClient,
     init_fleet,
+    started_cluster,
     write_node_configs,
 )
 from vault_node.raft import safe_pickle
@@ -92,6 +97,17 @@ def _data_dir(cfg: dict[str, object]) -> Path:
     return Path(str(cfg["data_dir"]))
 
 
+@contextlib.contextmanager
+def _shard(tmp_path: Path) -> Iterator[tuple[VaultTestClient, list[Path]]]:
+    """Three real nodes and a client of their leader; (client, the nodes' data dirs)."""
+    with started_cluster(tmp_path, 3) as cluster:
+        client = VaultTestClient(cluster.wait_for_leader(), cluster.fleet_public_key)
+        try:
+            yield client, [_data_dir(c) for c in cluster.configs]
+        finally:
+            client.close()
+
+
 def test_a_new_leader_destroys_a_last_attempt_its_predecessor_held(tmp_path: Path) -> None:
     """The leader holding the last attempt dies; its successor destroys the record unasked."""
     configs = write_node_configs(tmp_path, 3, session_ttl_seconds=SESSION_TTL)
@@ -135,29 +151,18 @@ def test_a_new_leader_destroys_a_last_attempt_its_predecessor_held(tmp_path: Pat
 
 
 def test_a_wrong_last_ke3_leaves_no_copy_on_any_disk(tmp_path: Path) -> None:
-    configs = write_node_configs(tmp_path, 3)
-    cluster = Cluster(tmp_path, init_fleet(tmp_path), configs)
-    cluster.start()
-    try:
-        leader = cluster.wait_for_leader()
-        client = VaultTestClient(leader, cluster.fleet_public_key)
+    with _shard(tmp_path) as (client, dirs):
         account = f"ke3-{secrets.token_hex(5)}"
-        try:
-            last = _exhaust(client, account)
-            dirs = [_data_dir(c) for c in configs]
-            sealed = _sealed_records(dirs[0])
-            assert len(sealed) == 1 and len(_copies_on_disk(dirs, sealed[0])) >= 3
-            with pytest.raises(VaultCallError) as err:
-                client.login_finish(account, last)  # type: ignore[arg-type]
-            assert err.value.code == pb.VaultError.LOGIN_FAILED
-            print(f"erased from every disk in {_wait_erased(dirs, sealed[0]):.1f} s")
-            with pytest.raises(VaultCallError) as err:
-                client.login_start(account, PASSWORD)
-            assert err.value.code == pb.VaultError.KEY_DESTROYED
-        finally:
-            client.close()
-    finally:
-        cluster.stop()
+        last = _exhaust(client, account)
+        sealed = _sealed_records(dirs[0])
+        assert len(sealed) == 1 and len(_copies_on_disk(dirs, sealed[0])) >= 3
+        with pytest.raises(VaultCallError) as err:
+            client.login_finish(account, last)  # type: ignore[arg-type]
+        assert err.value.code == pb.VaultError.LOGIN_FAILED
+        print(f"erased from every disk in {_wait_erased(dirs, sealed[0]):.1f} s")
+        with pytest.raises(VaultCallError) as err:
+            client.login_start(account, PASSWORD)
+        assert err.value.code == pb.VaultError.KEY_DESTROYED
 
 
 def test_a_deposed_leader_resumed_after_sigstop_sends_no_ke2(tmp_path: Path) -> None:
@@ -219,53 +224,30 @@ def test_a_deposed_leader_resumed_after_sigstop_sends_no_ke2(tmp_path: Path) -> 
 
 def test_a_replaced_deposit_leaves_no_copy_on_any_disk(tmp_path: Path) -> None:
     """Re-registration replaces the record; the old one (old password) is erased too."""
-    configs = write_node_configs(tmp_path, 3)
-    cluster = Cluster(tmp_path, init_fleet(tmp_path), configs)
-    cluster.start()
-    try:
-        client = VaultTestClient(cluster.wait_for_leader(), cluster.fleet_public_key)
+    with _shard(tmp_path) as (client, dirs):
         account = f"replaced-{secrets.token_hex(5)}"
-        try:
-            client.register(account, PASSWORD, secrets.token_bytes(32))
-            dirs = [_data_dir(c) for c in configs]
-            (old,) = _sealed_records(dirs[0])
-            key = secrets.token_bytes(32)
-            client.register(account, b"a new password", key)
-            _wait_erased(dirs, old)
-            assert client.recover(account, b"a new password") == key
-        finally:
-            client.close()
-    finally:
-        cluster.stop()
+        client.register(account, PASSWORD, secrets.token_bytes(32))
+        (old,) = _sealed_records(dirs[0])
+        key = secrets.token_bytes(32)
+        client.register(account, b"a new password", key)
+        _wait_erased(dirs, old)
+        assert client.recover(account, b"a new password") == key
 
 
 def test_a_deleted_deposit_leaves_no_copy_on_any_disk(tmp_path: Path) -> None:
     """LOGIN_FINISH with delete_deposit: nothing released, the record erased everywhere."""
-    from bkv_protocol import opaque
-    from bkv_protocol.ksf import IDENTITY_KSF
-
-    configs = write_node_configs(tmp_path, 3)
-    cluster = Cluster(tmp_path, init_fleet(tmp_path), configs)
-    cluster.start()
-    try:
-        client = VaultTestClient(cluster.wait_for_leader(), cluster.fleet_public_key)
+    with _shard(tmp_path) as (client, dirs):
         account = f"deleted-{secrets.token_hex(5)}"
-        try:
-            client.register(account, PASSWORD, secrets.token_bytes(32))
-            dirs = [_data_dir(c) for c in configs]
-            (sealed,) = _sealed_records(dirs[0])
-            login = client.login_start(account, PASSWORD)
-            ke3, _, _ = opaque.client_finish_login(
-                login.state, login.reply.ke2, ksf=IDENTITY_KSF, context=opaque.PRODUCT_CONTEXT,
-                client_identity=account.encode())
-            reply = client.call(account, pb.LOGIN_FINISH, login_finish=pb.LoginFinish(
-                session_id=login.reply.session_id, ke3=ke3, delete_deposit=True))
-            assert reply.login_finish.deleted and not reply.login_finish.sealed_deposit
-            _wait_erased(dirs, sealed)
-            with pytest.raises(VaultCallError) as err:
-                client.login_start(account, PASSWORD)
-            assert err.value.code == pb.VaultError.NOT_REGISTERED
-        finally:
-            client.close()
-    finally:
-        cluster.stop()
+        client.register(account, PASSWORD, secrets.token_bytes(32))
+        (sealed,) = _sealed_records(dirs[0])
+        login = client.login_start(account, PASSWORD)
+        ke3, _, _ = opaque.client_finish_login(
+            login.state, login.reply.ke2, ksf=IDENTITY_KSF, context=opaque.PRODUCT_CONTEXT,
+            client_identity=account.encode())
+        reply = client.call(account, pb.LOGIN_FINISH, login_finish=pb.LoginFinish(
+            session_id=login.reply.session_id, ke3=ke3, delete_deposit=True))
+        assert reply.login_finish.deleted and not reply.login_finish.sealed_deposit
+        _wait_erased(dirs, sealed)
+        with pytest.raises(VaultCallError) as err:
+            client.login_start(account, PASSWORD)
+        assert err.value.code == pb.VaultError.NOT_REGISTERED
