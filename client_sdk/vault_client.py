@@ -16,31 +16,29 @@ are used as given.
 
 from __future__ import annotations
 
-import unicodedata
 from types import TracebackType
 from typing import Any
 
-from bkv_api.v1 import envelope_pb2
-from bkv_protocol import opaque
-from bkv_protocol.deposit import open_deposit, open_from_session, seal_deposit
-from bkv_protocol.errors import AuthenticationError, ProtocolError
-from bkv_protocol.ksf import IDENTITY_KSF, KSF, PRODUCTION_KSF, ksf_from_descriptor
-from bkv_protocol.sealing import MAX_ACCOUNT_BYTES
+from bkv_protocol.ksf import KSF, PRODUCTION_KSF
 from bkv_protocol.sharding import shard_for
 from client_sdk.config import ClientConfig
-from client_sdk.errors import SessionExpired, VaultProtocolError, WrongPassword
-from client_sdk.vault_replies import (
-    LOGIN_FINISH,
-    LOGIN_START,
-    REGISTER_FINISH,
-    REGISTER_START,
-    open_vault_reply,
-    seal_client_request,
+from client_sdk.errors import SessionExpired
+from client_sdk.vault_flows import (
+    BACKUP_KEY_BYTES,
+    LOGIN_TRIES,
+    Flow,
+    check_account,
+    check_backup_key,
+    ksf_acceptor,
+    login_flow,
+    lost_twice,
+    password_bytes,
+    register_flow,
 )
+from client_sdk.vault_replies import open_vault_reply, seal_client_request
 from client_sdk.vault_transport import ChatDTransport, TokenSource, VaultTransport
 
-BACKUP_KEY_BYTES = 32
-LOGIN_TRIES = 2  # the first login, plus one restart if the vault lost the session
+__all__ = ["BACKUP_KEY_BYTES", "VaultClient", "password_bytes"]
 
 
 class VaultClient:
@@ -89,7 +87,7 @@ class VaultClient:
         """Release network resources (idempotent)."""
         self._transport.close()
 
-    # ---- registration -------------------------------------------------------------------
+    # ---- the three operations (the protocol steps are in ``vault_flows``) ---------------
 
     def register(
         self, account: str, backup_key: bytes, password: str | bytes, *, replace: bool = False
@@ -99,41 +97,10 @@ class VaultClient:
         An account that already has a live deposit raises :class:`AlreadyRegistered`
         unless ``replace`` is set; replacing makes the old password useless.
         """
-        _check_account(account)
-        if not isinstance(backup_key, bytes) or len(backup_key) != BACKUP_KEY_BYTES:
-            raise ValueError("backup key must be 32 bytes")
+        check_account(account)
+        check_backup_key(backup_key)
         secret = password_bytes(password)
-        shard = shard_for(account, self.config.shard_count)
-        identity = account.encode("utf-8")
-
-        state, request = opaque.client_start_registration(secret)
-        start = self._call(
-            account,
-            shard,
-            REGISTER_START,
-            envelope_pb2.RegisterStart(registration_request=request),
-        )
-        try:
-            record, export_key = opaque.client_finish_registration(
-                state, start.registration_response, ksf=self.ksf, client_identity=identity
-            )
-        except ProtocolError:
-            raise VaultProtocolError("the vault's registration response is invalid") from None
-        deposit = seal_deposit(export_key, account, backup_key)
-        self._call(
-            account,
-            shard,
-            REGISTER_FINISH,
-            envelope_pb2.RegisterFinish(
-                registration_record=record,
-                key_deposit=deposit,
-                ksf=self.ksf.descriptor,
-                registration_ticket=start.registration_ticket,
-                replace=replace,
-            ),
-        )
-
-    # ---- recovery -----------------------------------------------------------------------
+        self._run(account, register_flow(account, backup_key, secret, self.ksf, replace=replace))
 
     def recover(self, account: str, password: str | bytes) -> bytes:
         """Return the 32-byte backup key deposited for ``account``.
@@ -143,14 +110,13 @@ class VaultClient:
         KE3 (leader change), the password is known to be right and the login
         restarts once; the restart uses one more (then reset) attempt.
         """
-        _check_account(account)
+        check_account(account)
         secret = password_bytes(password)
-        shard = shard_for(account, self.config.shard_count)
         for _ in range(LOGIN_TRIES):
-            key = self._login(account, shard, secret)
+            key = self._run(account, login_flow(account, secret, ksf_acceptor(self.ksf)))
             if key is not None:
-                return key
-        raise SessionExpired("the vault lost the login session twice (leader changes?); try again")
+                return bytes(key)
+        raise lost_twice()
 
     def delete(self, account: str, password: str | bytes) -> None:
         """Erase the deposit of ``account``; the right password authorises it.
@@ -160,71 +126,28 @@ class VaultClient:
         record instead of releasing it. The vault commits the deletion through
         Raft, audits it and compacts it off every node's disk.
         """
-        _check_account(account)
+        check_account(account)
         secret = password_bytes(password)
-        shard = shard_for(account, self.config.shard_count)
         for _ in range(LOGIN_TRIES):
-            if self._login(account, shard, secret, delete=True) is not None:
+            flow = login_flow(account, secret, ksf_acceptor(self.ksf), delete=True)
+            if self._run(account, flow) is not None:
                 return
-        raise SessionExpired("the vault lost the login session twice (leader changes?); try again")
+        raise lost_twice()
 
-    def _login(
-        self, account: str, shard: int, secret: bytes, *, delete: bool = False
-    ) -> bytes | None:
-        """One OPAQUE login; None when the vault lost the session after KE2 (restartable).
-
-        Returns the backup key, or ``b""`` when ``delete`` erased the deposit.
-        """
-        identity = account.encode("utf-8")
-        state, ke1 = opaque.client_start_login(secret)
-        start = self._call(account, shard, LOGIN_START, envelope_pb2.LoginStart(ke1=ke1))
-        ksf = self._accept_ksf(start.ksf)
+    def _run(self, account: str, flow: Flow) -> Any:
+        """Drive a flow: each step is one sealed round trip; errors are thrown back into it."""
+        shard = shard_for(account, self.config.shard_count)
         try:
-            ke3, session_key, export_key = opaque.client_finish_login(
-                state,
-                start.ke2,
-                ksf=ksf,
-                context=opaque.PRODUCT_CONTEXT,
-                client_identity=identity,
-            )
-        except AuthenticationError:
-            # Wrong password (the envelope did not open): KE3 is never sent.
-            raise WrongPassword(start.attempts_left) from None
-        except ProtocolError:
-            raise VaultProtocolError("the vault's login response is invalid") from None
-        try:
-            finish = self._call(
-                account,
-                shard,
-                LOGIN_FINISH,
-                envelope_pb2.LoginFinish(
-                    session_id=start.session_id, ke3=ke3, delete_deposit=delete
-                ),
-            )
-        except SessionExpired:
-            return None
-        if delete:
-            if not finish.deleted:
-                raise VaultProtocolError("the vault did not confirm the deletion")
-            return b""
-        try:
-            deposit = open_from_session(session_key, account, finish.sealed_deposit)
-            return open_deposit(export_key, account, deposit)
-        except ProtocolError:
-            raise VaultProtocolError("the key released by the vault did not open") from None
-
-    def _accept_ksf(self, descriptor: str) -> KSF:
-        """The KSF recorded at registration, refused if a hostile vault picked it."""
-        if descriptor == self.ksf.descriptor:
-            return self.ksf
-        try:
-            return ksf_from_descriptor(
-                descriptor, allow_identity=self.ksf.descriptor == IDENTITY_KSF.descriptor
-            )
-        except ProtocolError:
-            raise VaultProtocolError(
-                "the vault asked for unacceptable key-stretching parameters"
-            ) from None
+            step = next(flow)
+            while True:
+                try:
+                    reply = self._call(account, shard, *step)
+                except SessionExpired as err:
+                    step = flow.throw(err)
+                    continue
+                step = flow.send(reply)
+        except StopIteration as done:
+            return done.value
 
     # ---- one round trip -----------------------------------------------------------------
 
@@ -235,23 +158,3 @@ class VaultClient:
         )
         sealed = self._transport.forward(request, self._tokens.token_for(account))
         return open_vault_reply(response_key, account, shard, message_type, sealed)
-
-
-def password_bytes(password: str | bytes) -> bytes:
-    """The bytes OPAQUE sees: NFC-normalised UTF-8 for ``str``, ``bytes`` unchanged."""
-    if isinstance(password, str):
-        secret = unicodedata.normalize("NFC", password).encode("utf-8")
-    elif isinstance(password, bytes):
-        secret = password
-    else:
-        raise TypeError("password must be str or bytes")
-    if not secret:
-        raise ValueError("password must not be empty")
-    return secret
-
-
-def _check_account(account: str) -> None:
-    if not isinstance(account, str) or not account or not account.isprintable():
-        raise ValueError("account must be a non-empty printable string")
-    if len(account.encode("utf-8")) > MAX_ACCOUNT_BYTES:
-        raise ValueError(f"account must be at most {MAX_ACCOUNT_BYTES} bytes")

@@ -36,7 +36,7 @@ from bkv_protocol.opaque_messages import KE3_BYTES
 from bkv_protocol.sharding import shard_for
 from client_sdk.config import ClientConfig
 from client_sdk.errors import KeyDestroyed, NotRegistered, SessionExpired, VaultError, WrongPassword
-from client_sdk.vault_client import password_bytes
+from client_sdk.vault_flows import password_bytes
 from client_sdk.vault_replies import (
     LOGIN_FINISH,
     LOGIN_START,

@@ -17,6 +17,7 @@ from client_sdk.errors import (
     WrongPassword,
 )
 from client_sdk.vault_client import VaultClient
+from client_sdk.vault_flows import ksf_acceptor
 from client_sdk.vault_replies import LOGIN_FINISH, LOGIN_START, REGISTER_FINISH, REGISTER_START
 
 from .conftest import ATTEMPT_LIMIT, DirectVaultTransport, InProcessVault
@@ -172,9 +173,10 @@ def test_production_client_refuses_a_downgraded_ksf(
 )
 def test_hostile_ksf_parameters_are_refused(vault: InProcessVault, descriptor: str) -> None:
     with VaultClient(vault.client_config(), transport=DirectVaultTransport(vault.address)) as c:
+        accept = ksf_acceptor(c.ksf)
         with pytest.raises(VaultProtocolError, match="unacceptable key-stretching"):
-            c._accept_ksf(descriptor)
-        assert c._accept_ksf(PRODUCTION_KSF.descriptor).descriptor == PRODUCTION_KSF.descriptor
+            accept(descriptor)
+        assert accept(PRODUCTION_KSF.descriptor).descriptor == PRODUCTION_KSF.descriptor
 
 
 @pytest.mark.parametrize(
