@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint typecheck protos bench clean system-deps
+.PHONY: demo test test-all lint typecheck protos bench clean system-deps docs
 
 $(STAMP): pyproject.toml setup.py scripts/gen_protos.py $(wildcard protos/*/*/*.proto)
 	bash scripts/install-system-deps.sh
@@ -40,6 +40,13 @@ FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/run.py --target all --seconds $(FUZZ_SECONDS) --artifacts build/fuzz
+
+# API reference of the SDK's public names (client_sdk.__all__), from the docstrings;
+# any warning fails the build.
+docs: $(STAMP)
+	rm -rf build/docs
+	$(BIN)/python -W error -m pdoc -o build/docs client_sdk
+	@echo "API reference: build/docs/index.html"
 
 bench: $(STAMP)
 	$(BIN)/bkv bench opaque

@@ -146,60 +146,24 @@ class ChatDTransport:
 
     def forward(self, request: Any, token: str) -> bytes:
         """Send ``request`` to the first ChatD that answers; return ``SealedResponse.sealed``."""
-        n = len(self._addresses)
-        end = time.monotonic() + self._deadline
-        per_try_cap = max(self._deadline / n, MIN_TRY_SECONDS)
-        first = self._preferred
-        last_failure = ""
-        tried: set[int] = set()
-        no_quorum: tuple[int, int] | None = None
-        for attempt in range(ROUNDS * n):
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                break
-            if no_quorum is not None and len(tried) == n:
-                raise NoQuorum(*no_quorum)  # every ChatD tried, none reached a leader
-            if attempt and attempt % n == 0:  # a whole round failed: let front ends recover
-                time.sleep(min(_BACKOFF_SECONDS * (attempt // n), remaining / 2))
-                remaining = end - time.monotonic()
-            index = (first + attempt) % n
-            tried.add(index)
-            stub = self._stub(self._addresses[index])
+        plan = ForwardPlan(len(self._addresses), self._deadline, self._preferred)
+        while (attempt := plan.next()) is not None:
+            index, timeout, pause = attempt
+            if pause:
+                time.sleep(pause)
             try:
-                reply = stub.Forward(
-                    request,
-                    metadata=[(TOKEN_METADATA_KEY, token)],
-                    timeout=max(min(remaining, per_try_cap), 0.001),
+                reply = self._stub(self._addresses[index]).Forward(
+                    request, metadata=[(TOKEN_METADATA_KEY, token)], timeout=timeout
                 )
             except grpc.RpcError as err:
-                code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
-                details = err.details() if isinstance(err, grpc.Call) else None
-                if code in _RETRYABLE:
-                    last_failure = _clean(details) or code.name
-                    no_quorum = _no_quorum(err) or no_quorum
-                    continue
-                raise map_status(code, details) from None
+                plan.failed(err)
+                continue
             self._preferred = index
             sealed = reply.sealed
-            assert isinstance(sealed, bytes)
+            if not isinstance(sealed, bytes):
+                raise VaultProtocolError("ChatD answered with a malformed reply")
             return sealed
-        if no_quorum is not None:
-            raise NoQuorum(*no_quorum)
-        suffix = f" (last error: {last_failure})" if last_failure else ""
-        raise VaultUnavailable(
-            f"vault unreachable via {', '.join(self._addresses)}{self._tls_hint(last_failure)}"
-            f"{suffix}"
-        )
-
-    def _tls_hint(self, failure: str) -> str:
-        """Name the likely TLS mistake: an untrusted certificate, or plaintext against TLS."""
-        text = failure.lower()
-        if self._tls is not None and any(w in text for w in ("handshake", "certificate",
-                                                              "hostname")):
-            return f": ChatD's certificate does not verify against ca_file {self._tls.ca_file}"
-        if self._tls is None and "socket closed" in text:
-            return ": if ChatD serves TLS, set ca_file in the client config"
-        return ""
+        raise plan.give_up(self._addresses, self._tls)
 
     def close(self) -> None:
         """Close every channel opened so far."""
@@ -221,6 +185,75 @@ class ChatDTransport:
                 self._channels[address] = channel
                 stub = self._stubs[address] = services_pb2_grpc.ChatDStub(channel)
             return stub
+
+
+class ForwardPlan:
+    """Which ChatD to try next and for how long, shared by the sync and asyncio transports.
+
+    Tries the configured front ends in order from the last one that answered,
+    rotating on UNAVAILABLE / DEADLINE_EXCEEDED, all within one overall
+    deadline, with a pause after each whole round; any other status is final.
+    After one ChatD reports a lost quorum the others are asked once, then
+    :class:`NoQuorum` ends it.
+    """
+
+    def __init__(self, count: int, deadline_seconds: float, preferred: int) -> None:
+        self._n = count
+        self._end = time.monotonic() + deadline_seconds
+        self._per_try_cap = max(deadline_seconds / count, MIN_TRY_SECONDS)
+        self._first = preferred
+        self._attempt = -1
+        self._tried: set[int] = set()
+        self.last_failure = ""
+        self.no_quorum: tuple[int, int] | None = None
+
+    def next(self) -> tuple[int, float, float] | None:
+        """(ChatD index, the try's timeout, pause before it), or None when out of time."""
+        self._attempt += 1
+        attempt = self._attempt
+        if attempt >= ROUNDS * self._n:
+            return None
+        remaining = self._end - time.monotonic()
+        if remaining <= 0:
+            return None
+        if self.no_quorum is not None and len(self._tried) == self._n:
+            raise NoQuorum(*self.no_quorum)  # every ChatD tried, none reached a leader
+        pause = 0.0
+        if attempt and attempt % self._n == 0:  # a whole round failed: let front ends recover
+            pause = min(_BACKOFF_SECONDS * (attempt // self._n), remaining / 2)
+            remaining -= pause
+        index = (self._first + attempt) % self._n
+        self._tried.add(index)
+        return index, max(min(remaining, self._per_try_cap), 0.001), pause
+
+    def failed(self, err: grpc.RpcError) -> None:
+        """Note a failed try; raise the mapped error unless it is worth another try."""
+        code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = err.details() if isinstance(err, grpc.Call) else None
+        if code not in _RETRYABLE:
+            raise map_status(code, details) from None
+        self.last_failure = _clean(details) or code.name
+        self.no_quorum = _no_quorum(err) or self.no_quorum
+
+    def give_up(self, addresses: list[str], tls: ClientTls | None) -> VaultError:
+        """The error once no try succeeded in time."""
+        if self.no_quorum is not None:
+            return NoQuorum(*self.no_quorum)
+        suffix = f" (last error: {self.last_failure})" if self.last_failure else ""
+        return VaultUnavailable(
+            f"vault unreachable via {', '.join(addresses)}"
+            f"{_tls_hint(tls, self.last_failure)}{suffix}"
+        )
+
+
+def _tls_hint(tls: ClientTls | None, failure: str) -> str:
+    """Name the likely TLS mistake: an untrusted certificate, or plaintext against TLS."""
+    text = failure.lower()
+    if tls is not None and any(w in text for w in ("handshake", "certificate", "hostname")):
+        return f": ChatD's certificate does not verify against ca_file {tls.ca_file}"
+    if tls is None and "socket closed" in text:
+        return ": if ChatD serves TLS, set ca_file in the client config"
+    return ""
 
 
 def map_status(code: grpc.StatusCode, details: str | None) -> VaultError:

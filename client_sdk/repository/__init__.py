@@ -69,6 +69,13 @@ def create(
     on_skip: Callable[[str, str], None] | None = None,
     progress: ProgressCallback | None = None,
 ) -> BackupResult:
+    """Back up ``src_dir`` into the repository at ``url`` (created on first use).
+
+    Only files whose size, mtime or inode changed since the last backup of the
+    same folder are read, and only chunks the repository lacks are uploaded.
+    Returns the new snapshot's id and what was stored. Raises ``SourceError``,
+    ``WrongKeyError`` (the repository belongs to another key), ``StorageError``.
+    """
     check_source(Path(src_dir))  # before the storage folder is created
     repo = Repository.open(url, key, create=True, s3_endpoint=s3_endpoint)
     workers = 4
@@ -147,6 +154,11 @@ def forget(
     keep_last: int | None = None,
     s3_endpoint: str | None = None,
 ) -> ForgetResult:
+    """Forget backups (``ids``, or all but the ``keep_last`` newest), then prune unused data.
+
+    Takes the repository alone (``RepositoryLocked`` while a backup runs) and
+    deletes nothing while a backup it keeps cannot be read.
+    """
     repo = Repository.open(url, key, s3_endpoint=s3_endpoint)
     return pruner.forget(repo, ids=ids, keep_last=keep_last)
 
@@ -154,5 +166,6 @@ def forget(
 def check(
     url: str, key: BackupKey, *, read_data: bool = False, s3_endpoint: str | None = None
 ) -> CheckReport:
+    """Check the repository's structure, or with ``read_data`` every byte of every pack."""
     repo = Repository.open(url, key, s3_endpoint=s3_endpoint)
     return checker.check(repo, read_data=read_data)
