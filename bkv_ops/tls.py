@@ -131,10 +131,24 @@ def open_channel(
     """A TLS channel when ``tls`` is set (checking ``server_name`` if given), else plaintext."""
     if tls is None:
         return grpc.insecure_channel(address, options=list(options))
+    return grpc.secure_channel(address, tls.credentials(), options=_tls_options(tls, options))
+
+
+def open_aio_channel(
+    address: str, tls: ClientTls | None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """:func:`open_channel` for ``grpc.aio``."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return grpc.aio.secure_channel(address, tls.credentials(),
+                                   options=_tls_options(tls, options))
+
+
+def _tls_options(tls: ClientTls, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     opts = list(options)
     if tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.secure_channel(address, tls.credentials(), options=opts)
+    return opts
 
 
 def bundle_client(folder: Path, server_name: str | None) -> ClientTls:

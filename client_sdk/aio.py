@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from bkv_api.v1 import services_pb2_grpc
-from bkv_ops.tls import ClientTls, TlsError
+from bkv_ops.tls import ClientTls, TlsError, open_aio_channel
 from bkv_protocol.ksf import KSF, PRODUCTION_KSF
 from bkv_protocol.sharding import shard_for
 from client_sdk.config import ClientConfig
@@ -81,17 +81,10 @@ class AsyncChatDTransport:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            if self._tls is None:
-                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-            else:
-                options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
-                if self._tls.server_name:
-                    options.append(("grpc.ssl_target_name_override", self._tls.server_name))
-                try:
-                    credentials = self._tls.credentials()
-                except TlsError as err:
-                    raise ConfigError(str(err)) from None
-                channel = grpc.aio.secure_channel(address, credentials, options=options)
+            try:
+                channel = open_aio_channel(address, self._tls, _CHANNEL_OPTIONS)
+            except TlsError as err:
+                raise ConfigError(str(err)) from None
             self._channels[address] = channel
         return channel
 

@@ -109,17 +109,23 @@ class BackupKey:
 
 def read_key_file(path: str | os.PathLike[str]) -> BackupKey:
     """Read a key file (the 64-digit text); errors name the file, never the key."""
+    try:
+        return BackupKey.parse(read_key_text(path))
+    except KeyFormatError as err:
+        raise KeyFormatError(f"{Path(path)}: {err}") from None
+
+
+def read_key_text(path: str | os.PathLike[str]) -> str:
+    """A key file's text as stored, unparsed (to look for a typo in it); OSError if unreadable."""
     file = Path(path)
     with file.open("rb") as handle:
         data = handle.read(MAX_KEY_FILE_BYTES + 1)
     if len(data) > MAX_KEY_FILE_BYTES:
-        raise KeyFormatError(f"{file}: too large to be a key file")
+        raise KeyFormatError("too large to be a key file")
     try:
-        return BackupKey.parse(data.decode("utf-8"))
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise KeyFormatError(f"{file}: not a text key file") from None
-    except KeyFormatError as err:
-        raise KeyFormatError(f"{file}: {err}") from None
+        raise KeyFormatError("not a text key file") from None
 
 
 def write_key_file(

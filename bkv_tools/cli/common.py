@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from bkv_tools.cli.exit_codes import ExitCode, classify
 from client_sdk.keys import MAX_KEY_FILE_BYTES, BackupKey, KeyFormatError
+from client_sdk.keys import read_key_text as read_key_file_text
 
 STDIO = "-"
 
@@ -59,17 +60,12 @@ def read_key_text(key_file: str | Path | None) -> tuple[str, str]:
     """(the key as typed or stored, where it came from): the file, else standard input."""
     if key_file is not None and str(key_file) != STDIO:
         try:
-            with open(key_file, "rb") as handle:
-                data = handle.read(MAX_KEY_FILE_BYTES + 1)
+            return read_key_file_text(key_file), str(key_file)
+        except KeyFormatError as err:
+            raise CliError(f"{key_file}: {err}", ExitCode.USAGE) from None
         except OSError as err:
             message = f"can't read key file {key_file}: {err.strerror}"
             raise CliError(message, ExitCode.USAGE) from None
-        if len(data) > MAX_KEY_FILE_BYTES:
-            raise CliError(f"{key_file}: too large to be a key file", ExitCode.USAGE)
-        try:
-            return data.decode("utf-8"), str(key_file)
-        except UnicodeDecodeError:
-            raise CliError(f"{key_file}: not a text key file", ExitCode.USAGE) from None
     try:
         if sys.stdin.isatty():
             text = getpass.getpass("Backup key (64 hex digits): ")
