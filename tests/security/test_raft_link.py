@@ -30,6 +30,7 @@ import json
 import os
 import pickle
 import secrets
+import signal
 import socket
 import struct
 import subprocess
@@ -174,7 +175,7 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def _still_serves(cluster: Cluster) -> None:
+def _still_serves(cluster: Cluster | _Without) -> None:
     """A registration and a recovery go through the leader, committed by the shard.
 
     An attack that posed as a member (its address) cut that member off for a moment,
@@ -332,6 +333,54 @@ def test_a_peer_may_not_claim_another_members_address(optimized: Cluster) -> Non
     finally:
         peer.close()
     _still_serves(optimized)
+
+
+def test_a_member_may_not_dial_a_node_that_dials_it(optimized: Cluster) -> None:
+    """Claiming its own address towards the node that dials it must not cost that link.
+
+    pysyncobj would put the incoming connection in place of the one the node dials
+    with and later redial on it without the member's key: the pair would stay cut
+    for good. With the third node paused, the two must reach each other to serve.
+    """
+    configs = optimized.configs
+    # a (target, member) pair in which the target is the side that dials
+    target, member = next((a, b) for a in configs for b in configs
+                          if a is not b and a["raft_address"] > b["raft_address"])
+    third = next(c for c in configs if c is not target and c is not member)
+    peer = _peer(target, member)
+    try:
+        peer.greet()
+        peer.send(member["raft_address"])  # the member's own address, with its own key
+        assert peer.closed_by_node(), "a member dialled the node that dials it"
+    finally:
+        peer.close()
+    paused = optimized.procs[configs.index(third)]
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        _still_serves(_Without(optimized, third))
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    _still_serves(optimized)
+
+
+class _Without:
+    """The cluster as seen without one (paused) member, for ``_still_serves``."""
+
+    def __init__(self, cluster: Cluster, absent: dict[str, Any]) -> None:
+        self._cluster, self._absent = cluster, absent
+        self.fleet_public_key = cluster.fleet_public_key
+
+    def wait_for_leader(self) -> str:
+        end = time.monotonic() + 30
+        others = [c["grpc_address"] for c in self._cluster.configs if c is not self._absent]
+        while time.monotonic() < end:
+            statuses = [self._cluster.status(a) for a in others]
+            leaders = {s.leader_address for s in statuses if s is not None and s.role}
+            if all(s is not None for s in statuses) and len(leaders) == 1 \
+                    and leaders <= set(others):
+                return leaders.pop()
+            time.sleep(0.3)
+        pytest.fail("the two running members agree on no leader")
 
 
 def test_endless_entry_transmission_is_cut(optimized: Cluster) -> None:

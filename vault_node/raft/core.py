@@ -189,6 +189,12 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
                 if key is None or peer is None or key != peer:
                     self._bkv_refuse(conn, "a peer claimed a member address its key does not own")
                     return
+                if self._shouldConnect(node):
+                    # Only one side of a pair dials (pysyncobj orders them by address).
+                    # pysyncobj would put this incoming connection in place of the one
+                    # it dials with and later redial on it, without the member's key.
+                    self._bkv_refuse(conn, "a member this node dials may not dial it")
+                    return
         super()._onIncomingMessageReceived(conn, message)
 
     def _bkv_refuse(self, conn: Any, reason: str) -> None:

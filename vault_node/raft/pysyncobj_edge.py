@@ -138,6 +138,7 @@ HOOKED_FUNCTIONS: dict[str, tuple[str, ...]] = {
     _T + "_onIncomingMessageReceived": ("self", "conn", "message"),
     _T + "addNode": ("self", "node"),
     _T + "send": ("self", "node", "message"),
+    _T + "_shouldConnect": ("self", "node"),
     _T + "setOnMessageReceivedCallback": ("self", "callback"),
     _T + "setOnUtilityMessageCallback": ("self", "message", "callback"),
     "pysyncobj.pickle:loads": ("data",),
@@ -179,6 +180,8 @@ HOOKED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     _C + "_TcpConnection__processRead": ("_TcpConnection__readBuffer",),
     _T + "__init__": ("_syncObj", "_connections", "_nodeAddrToNode"),
     _T + "addNode": ("TcpConnection",),
+    # an incoming connection replaces the one the transport dials with (core.py refuses)
+    _T + "_onIncomingMessageReceived": ("_connections", "_nodeAddrToNode"),
     "pysyncobj.tcp_server:TcpServer._TcpServer__onNewConnection": ("TcpConnection",),
     _S + "__init__": ("_SyncObj__otherNodes", "_SyncObj__selfNode", "_SyncObj__transport",
                       "_SyncObj__needLoadDumpFile", "_SyncObj__raftState", "_poller",
