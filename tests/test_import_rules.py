@@ -28,11 +28,12 @@ VAULT_ROOMS: dict[str, set[str]] = {
     "state": set(),
     "config": set(),
     "hsm": {"config"},
-    "raft": {"state", "config", "hsm"},
+    "storage": {"state"},
+    "raft": {"state", "config", "hsm", "storage"},
     "service": {"state", "config", "hsm", "raft"},
-    "admin": {"state", "config", "hsm", "raft"},
+    "admin": {"state", "config", "hsm", "raft", "storage"},
     "server": {"state", "config", "hsm", "raft", "service"},
-    "cli": {"state", "config", "hsm", "raft", "service", "admin", "server"},
+    "cli": {"state", "config", "hsm", "raft", "service", "admin", "server", "storage"},
 }
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 ACCOUNT_ID_BYTES = 32
 RECORD_ID_BYTES = 16
@@ -179,28 +180,119 @@ def validate(command: object) -> None:
             raise ValueError(f"limit must be an integer in {MIN_LIMIT}..{MAX_LIMIT}")
 
 
-class VaultState:
-    """All accounts of one shard. Mutated only through ``apply``."""
+class StateStore(Protocol):
+    """Where the accounts live: a dict in memory, or an embedded engine on disk.
+
+    The store only keeps what ``VaultState`` decides; it makes no decision.
+    ``items`` yields in account-id order so snapshots are canonical.
+    """
+
+    def get(self, account_id: bytes) -> AccountEntry | None: ...
+    def put(self, account_id: bytes, entry: AccountEntry, *, new: bool) -> None: ...
+    def delete(self, account_id: bytes) -> None: ...
+    def count(self) -> int: ...
+    def items(self) -> Iterator[tuple[bytes, AccountEntry]]: ...
+    def digest_sum(self) -> int: ...
+    def set_digest_sum(self, value: int) -> None: ...
+    def set_exhausted(self, account_id: bytes, record_id: bytes | None) -> None: ...
+    def exhausted(self) -> list[tuple[bytes, bytes]]: ...
+
+
+class MemoryStore:
+    """The whole state in a dict: tests, tools and small shards."""
 
     def __init__(self) -> None:
         self._entries: dict[bytes, AccountEntry] = {}
-        # account id -> record id of every live record whose counter reached its
-        # limit: the leader destroys these unless a last-attempt session is open
-        # (derived from ``_entries``, so it is not part of snapshots or digests)
+        self._sum = 0
+        # account id -> record id of every live record whose counter reached its limit
         self._exhausted: dict[bytes, bytes] = {}
 
-    def __len__(self) -> int:
+    def get(self, account_id: bytes) -> AccountEntry | None:
+        return self._entries.get(account_id)
+
+    def put(self, account_id: bytes, entry: AccountEntry, *, new: bool) -> None:
+        self._entries[account_id] = entry
+
+    def delete(self, account_id: bytes) -> None:
+        self._entries.pop(account_id, None)
+
+    def count(self) -> int:
         return len(self._entries)
 
+    def items(self) -> Iterator[tuple[bytes, AccountEntry]]:
+        for account_id in sorted(self._entries):
+            yield account_id, self._entries[account_id]
+
+    def digest_sum(self) -> int:
+        return self._sum
+
+    def set_digest_sum(self, value: int) -> None:
+        self._sum = value
+
+    def set_exhausted(self, account_id: bytes, record_id: bytes | None) -> None:
+        if record_id is None:
+            self._exhausted.pop(account_id, None)
+        else:
+            self._exhausted[account_id] = record_id
+
+    def exhausted(self) -> list[tuple[bytes, bytes]]:
+        return list(self._exhausted.items())
+
+
+_DIGEST_MODULUS = 1 << 256
+
+
+def entry_bytes(account_id: bytes, e: AccountEntry) -> bytes:
+    """The canonical encoding of one account's state (also the snapshot row format)."""
+    return (
+        account_id
+        + e.record_id
+        + struct.pack(">HHBBI", e.attempts, e.limit, int(e.destroyed), len(e.guess_tags),
+                      len(e.sealed_record))
+        + b"".join(e.guess_tags)
+        + e.sealed_record
+    )
+
+
+def entry_hash(account_id: bytes, e: AccountEntry) -> int:
+    """One entry's contribution to the state digest (a sum of these, mod 2^256)."""
+    return int.from_bytes(hashlib.sha256(b"bkv-entry-v3\x00" + entry_bytes(account_id, e)).digest())
+
+
+def state_digest(count: int, digest_sum: int) -> bytes:
+    """The digest of a state from its entry count and the sum of its entry hashes.
+
+    A sum of per-entry hashes is independent of order and updated in O(1) per
+    command, so a shard of millions of accounts never re-reads them to say
+    where it stands; equal states give equal digests on every node.
+    """
+    return hashlib.sha256(
+        b"bkv-vault-state-v3\x00" + struct.pack(">Q", count) + digest_sum.to_bytes(32)
+    ).digest()
+
+
+class VaultState:
+    """All accounts of one shard. Mutated only through ``apply``."""
+
+    def __init__(self, store: StateStore | None = None) -> None:
+        self._store: StateStore = store if store is not None else MemoryStore()
+
+    @property
+    def store(self) -> StateStore:
+        return self._store
+
+    def __len__(self) -> int:
+        return self._store.count()
+
     def __repr__(self) -> str:
-        return f"VaultState(accounts={len(self._entries)})"
+        return f"VaultState(accounts={len(self)})"
 
     def entry(self, account_id: bytes) -> AccountEntry | None:
-        return self._entries.get(account_id)
+        return self._store.get(account_id)
 
     def exhausted(self) -> list[tuple[bytes, bytes]]:
         """(account id, record id) of live records with no guess left, oldest first."""
-        return list(self._exhausted.items())
+        return self._store.exhausted()
 
     def apply(self, command: object) -> ApplyResult:
         """Apply one committed command. Never raises: a malformed entry is a no-op."""
@@ -208,35 +300,39 @@ class VaultState:
             validate(command)
         except ValueError:
             return ApplyResult(Outcome.INVALID)
-        account_id = getattr(command, "account_id", b"")
-        try:
-            return self._apply(command)
-        finally:
-            self._track_exhausted(account_id)
+        return self._apply(command)
 
-    def _track_exhausted(self, account_id: bytes) -> None:
-        entry = self._entries.get(account_id)
-        if entry is not None and not entry.destroyed and entry.attempts >= entry.limit:
-            self._exhausted[account_id] = entry.record_id
+    def _write(self, account_id: bytes, old: AccountEntry | None, new: AccountEntry | None) -> None:
+        """Store the decision, keeping the digest sum and the exhausted index in step."""
+        store = self._store
+        total = store.digest_sum()
+        if old is not None:
+            total -= entry_hash(account_id, old)
+        if new is None:
+            store.delete(account_id)
         else:
-            self._exhausted.pop(account_id, None)
+            total += entry_hash(account_id, new)
+            store.put(account_id, new, new=old is None)
+        store.set_digest_sum(total % _DIGEST_MODULUS)
+        exhausted = new is not None and not new.destroyed and new.attempts >= new.limit
+        store.set_exhausted(account_id, new.record_id if exhausted and new else None)
 
     def _apply(self, command: object) -> ApplyResult:
         if not isinstance(command, Command):  # validate() refused it already; explicit under -O
             return ApplyResult(Outcome.INVALID)
-        entries = self._entries
-        current = entries.get(command.account_id)
+        account_id = command.account_id
+        current = self._store.get(account_id)
         if isinstance(command, Put):
-            entries[command.account_id] = AccountEntry(
-                command.record_id, command.sealed_record, 0, command.limit
-            )
+            self._write(account_id, current, AccountEntry(
+                command.record_id, command.sealed_record, 0, command.limit))
             return ApplyResult(Outcome.OK, command.record_id, attempts=0, limit=command.limit)
         if isinstance(command, Delete):
             if command.record_id and (
                 current is None or current.destroyed or current.record_id != command.record_id
             ):
                 return ApplyResult(Outcome.STALE)  # replaced or destroyed meanwhile
-            entries.pop(command.account_id, None)
+            if current is not None:
+                self._write(account_id, current, None)
             return ApplyResult(Outcome.OK)
         if current is None:
             return ApplyResult(Outcome.NOT_REGISTERED)
@@ -248,7 +344,7 @@ class VaultState:
                 return ApplyResult(Outcome.GRANTED, current.record_id, current.sealed_record,
                                    current.attempts, current.limit, repeated=True)
             if current.attempts >= current.limit:
-                self._destroy(command.account_id, current)
+                self._destroy(account_id, current)
                 return ApplyResult(
                     Outcome.DESTROYED,
                     current.record_id,
@@ -257,22 +353,20 @@ class VaultState:
                 )
             attempts = current.attempts + 1
             tags = (*current.guess_tags, tag) if tag else current.guess_tags
-            entries[command.account_id] = AccountEntry(
-                current.record_id, current.sealed_record, attempts, current.limit, False, tags
-            )
+            self._write(account_id, current, AccountEntry(
+                current.record_id, current.sealed_record, attempts, current.limit, False, tags))
             return ApplyResult(
                 Outcome.GRANTED, current.record_id, current.sealed_record, attempts, current.limit
             )
         if current.destroyed or current.record_id != command.record_id:
             return ApplyResult(Outcome.STALE, current.record_id, limit=current.limit)
         if isinstance(command, ResetAttempts):
-            entries[command.account_id] = AccountEntry(
-                current.record_id, current.sealed_record, 0, current.limit
-            )
+            self._write(account_id, current, AccountEntry(
+                current.record_id, current.sealed_record, 0, current.limit))
             return ApplyResult(Outcome.OK, current.record_id, attempts=0, limit=current.limit)
         # DestroyIfExhausted
         if current.attempts >= current.limit:
-            self._destroy(command.account_id, current)
+            self._destroy(account_id, current)
             return ApplyResult(
                 Outcome.DESTROYED,
                 current.record_id,
@@ -284,34 +378,27 @@ class VaultState:
         )
 
     def _destroy(self, account_id: bytes, current: AccountEntry) -> None:
-        self._entries[account_id] = AccountEntry(
-            current.record_id, b"", current.attempts, current.limit, destroyed=True
-        )
+        self._write(account_id, current, AccountEntry(
+            current.record_id, b"", current.attempts, current.limit, destroyed=True))
 
-    # ---- snapshots and digests -------------------------------------------------------
+    # ---- loading, snapshots and digests -----------------------------------------------
 
-    def _canonical(self) -> bytes:
-        parts = [struct.pack(">I", len(self._entries))]
-        for account_id in sorted(self._entries):
-            e = self._entries[account_id]
-            parts.append(
-                account_id
-                + e.record_id
-                + struct.pack(">HHBI", e.attempts, e.limit, int(e.destroyed), len(e.sealed_record))
-                + e.sealed_record
-                + struct.pack(">B", len(e.guess_tags))  # at most MAX_LIMIT, fixed-size tags
-                + b"".join(e.guess_tags)
-            )
-        return b"".join(parts)
+    def load_entry(self, account_id: bytes, entry: AccountEntry) -> None:
+        """Add one entry read from a checked snapshot (ValueError on a duplicate)."""
+        if len(account_id) != ACCOUNT_ID_BYTES or self._store.get(account_id) is not None:
+            raise ValueError("malformed snapshot entry")
+        self._write(account_id, None, entry)
 
     def digest(self) -> bytes:
-        """SHA-256 over a canonical encoding of every entry: equal digests mean equal states."""
-        return hashlib.sha256(b"bkv-vault-state-v2\x00" + self._canonical()).digest()
+        """Equal digests mean equal states (see ``state_digest``)."""
+        return state_digest(self._store.count(), self._store.digest_sum())
 
     def to_plain(self) -> dict[str, Any]:
         """Snapshot as JSON-compatible plain data (hex strings, ints, bools).
 
-        Version 2 adds each entry's guess tags; version 1 snapshots (no tags) still load.
+        For tools and small shards (sealed snapshot files); a node's own snapshots
+        stream rows (``vault_node.raft.snapshot_stream``). Version 2 adds each
+        entry's guess tags; version 1 snapshots (no tags) still load.
         """
         return {
             "version": 2,
@@ -325,50 +412,54 @@ class VaultState:
                     e.destroyed,
                     [t.hex() for t in e.guess_tags],
                 ]
-                for account_id, e in sorted(self._entries.items())
+                for account_id, e in self._store.items()
             ],
         }
 
     @classmethod
-    def from_plain(cls, plain: dict[str, Any]) -> VaultState:
+    def from_plain(cls, plain: dict[str, Any], store: StateStore | None = None) -> VaultState:
         """Rebuild a state from ``to_plain`` output; raises ValueError if malformed."""
         version = plain.get("version") if isinstance(plain, dict) else None
         if version not in (1, 2):
             raise ValueError("unsupported snapshot version")
-        state = cls()
+        state = cls(store)
         try:
             for item in plain["entries"]:
                 if not isinstance(item, list) or len(item) != (6 if version == 1 else 7):
                     raise ValueError("malformed snapshot entry")
-                account_id = bytes.fromhex(item[0])
-                if len(account_id) != ACCOUNT_ID_BYTES or account_id in state._entries:
-                    raise ValueError("malformed snapshot entry")
-                state._entries[account_id] = _entry_from_plain(item[1:])
-                state._track_exhausted(account_id)
+                state.load_entry(bytes.fromhex(item[0]), _entry_from_plain(item[1:]))
         except (KeyError, TypeError) as err:
             raise ValueError("malformed snapshot") from err
         return state
 
 
-def _entry_from_plain(item: list[Any]) -> AccountEntry:
-    """One snapshot entry after its account id; version 1 entries have no tag list."""
-    record_hex, sealed_hex, attempts, limit, destroyed, *rest = item
-    record_id, sealed = bytes.fromhex(record_hex), bytes.fromhex(sealed_hex)
-    tag_list = rest[0] if rest else []
-    if not isinstance(tag_list, list):
-        raise ValueError("malformed snapshot entry")
-    tags = tuple(bytes.fromhex(t) for t in tag_list)
+def check_entry(entry: AccountEntry) -> AccountEntry:
+    """``entry`` if it is one the state machine can produce; ValueError otherwise."""
+    tags = entry.guess_tags
     if (
-        len(record_id) != RECORD_ID_BYTES
-        or type(attempts) is not int
-        or type(limit) is not int
-        or type(destroyed) is not bool
-        or not 0 <= attempts <= limit
-        or not MIN_LIMIT <= limit <= MAX_LIMIT
-        or (destroyed and (sealed or tags))
-        or len(tags) > attempts
+        len(entry.record_id) != RECORD_ID_BYTES
+        or type(entry.attempts) is not int
+        or type(entry.limit) is not int
+        or type(entry.destroyed) is not bool
+        or not 0 <= entry.attempts <= entry.limit
+        or not MIN_LIMIT <= entry.limit <= MAX_LIMIT
+        or (entry.destroyed and (entry.sealed_record or tags))
+        or (not entry.destroyed and not entry.sealed_record)
+        or len(entry.sealed_record) > MAX_SEALED_RECORD_BYTES
+        or len(tags) > entry.attempts
         or len(set(tags)) != len(tags)
         or any(len(t) != GUESS_TAG_BYTES for t in tags)
     ):
         raise ValueError("malformed snapshot entry")
-    return AccountEntry(record_id, sealed, attempts, limit, destroyed, tags)
+    return entry
+
+
+def _entry_from_plain(item: list[Any]) -> AccountEntry:
+    """One snapshot entry after its account id; version 1 entries have no tag list."""
+    record_hex, sealed_hex, attempts, limit, destroyed, *rest = item
+    tag_list = rest[0] if rest else []
+    if not isinstance(tag_list, list):
+        raise ValueError("malformed snapshot entry")
+    tags = tuple(bytes.fromhex(t) for t in tag_list)
+    return check_entry(AccountEntry(bytes.fromhex(record_hex), bytes.fromhex(sealed_hex),
+                                    attempts, limit, destroyed, tags))

@@ -1,4 +1,5 @@
-"""`bkv bench opaque|files|backup|vault`: print performance figures (never pass/fail on time)."""
+"""`bkv bench opaque|files|backup|vault|shard`: print performance figures (never pass/fail
+on time)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def register(sub: Any) -> None:
     vault.add_argument("--recoveries", type=int, default=400, help="recoveries to run")
     vault.add_argument("--clients", type=int, default=8, help="concurrent clients")
     vault.set_defaults(handler=_vault)
+    shard = group.add_parser(
+        "shard", help="a 5-node shard with N deposits: memory, disk, restarts, snapshots, "
+                      "catch-up, recoveries/s")
+    shard.add_argument("--deposits", type=int, default=1_000_000,
+                       help="deposits in the shard (default 1000000)")
+    shard.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    shard.set_defaults(handler=_shard)
 
 
 def _lazy(module: str) -> Any:
@@ -54,6 +62,14 @@ def _backup(args: argparse.Namespace) -> int:
     if not 8 <= args.size_mb <= 1_000_000:
         raise CliError("--size-mb must be between 8 and 1000000", 2)
     return run(args.size_mb, args.workdir, args.seed)
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from bkv_tools.bench_shard import main
+
+    if not 1_000 <= args.deposits <= 100_000_000:
+        raise CliError("--deposits must be between 1000 and 100000000", ExitCode.USAGE)
+    return main(["--deposits", str(args.deposits), *(["--json"] if args.json else [])])
 
 
 def _vault(args: argparse.Namespace) -> int:

@@ -25,7 +25,13 @@ from vault_node.admin.client import (
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.hsm.fleet import FleetHsm, HsmError, MasterKeyBackend
 from vault_node.hsm.pkcs11 import load_master_key
-from vault_node.raft.admin_endpoint import CMD_ADD, CMD_MEMBERS, CMD_REMOVE, CMD_SNAPSHOT
+from vault_node.raft.admin_endpoint import (
+    CMD_ADD,
+    CMD_COMPACT,
+    CMD_MEMBERS,
+    CMD_REMOVE,
+    CMD_SNAPSHOT,
+)
 from vault_node.raft.membership import (
     Member,
     MembershipError,
@@ -158,6 +164,14 @@ def _snapshot_take(args: argparse.Namespace) -> None:
           f"from {contents.source_node}")
 
 
+def _snapshot_now(args: argparse.Namespace) -> None:
+    reply = _ask(args, [CMD_COMPACT])[1]
+    if args.json:
+        print(json.dumps({"leader": reply.get("node", {}), "ok": True}))
+    else:
+        print("the leader is taking a snapshot and will compact its log (in the background)")
+
+
 def _snapshot_restore(args: argparse.Namespace) -> None:
     cfg = NodeConfig.load(args.config)
     master, fleet_public_key = _fleet(cfg)
@@ -251,6 +265,11 @@ def add_commands(sub: Any) -> None:
     take.add_argument("--offline", action="store_true",
                       help="read this stopped node's data dir instead of asking the leader")
     take.set_defaults(handler=_handle, action=_snapshot_take)
+    now = ssub.add_parser("now", help="make the leader take its own Raft snapshot and compact "
+                                      "its log now (it also does so by itself)")
+    _common(now)
+    now.add_argument("--json", action="store_true")
+    now.set_defaults(handler=_handle, action=_snapshot_now)
     restore = ssub.add_parser("restore", help="restore into a stopped node's empty data dir")
     restore.add_argument("--config", type=Path, required=True, help="the node's node.toml")
     restore.add_argument("--in", dest="input", type=Path, required=True)

@@ -39,6 +39,7 @@ CMD_MEMBERS = "bkv_members"
 CMD_ADD = "bkv_member_add"
 CMD_REMOVE = "bkv_member_remove"
 CMD_SNAPSHOT = "bkv_snapshot"
+CMD_COMPACT = "bkv_compact"
 _DISABLED = ("add", "remove", "set_version")
 # pysyncobj may never call back a deposed leader's pending change; the guard expires then.
 PENDING_CHANGE_SECONDS = 60.0
@@ -63,6 +64,7 @@ class AdminEndpoint:
             CMD_ADD: self._add,
             CMD_REMOVE: self._remove,
             CMD_SNAPSHOT: self._snapshot,
+            CMD_COMPACT: self._compact,
         }
         for name, handler in handlers.items():
             transport.setOnUtilityMessageCallback(name, _guarded(handler))
@@ -181,6 +183,15 @@ class AdminEndpoint:
         self._pending_until = time.monotonic() + PENDING_CHANGE_SECONDS
         change(member.node(), callback=done)
         self._obj.bkv_wake.notify()
+
+    def _compact(self, _args: list[Any], respond: Respond) -> None:
+        """Take a snapshot of this node now and compact its log (in the background)."""
+        obj = self._obj
+        obj.forceLogCompaction()
+        obj.bkv_wake.notify()
+        reply = self._view()
+        reply.update(snapshots_written=obj.bkv_snapshots_written)
+        respond(reply, None)
 
     def _snapshot(self, _args: list[Any], respond: Respond) -> None:
         """The leader's applied state at a known log index: nothing acknowledged is missing."""

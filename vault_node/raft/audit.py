@@ -152,6 +152,11 @@ class AuditLog:
         if last_index > self.last_index:
             self._append(encode_line(gap_record(self.last_index + 1, last_index)), last_index)
 
+    def applied_unaudited(self, index: int) -> None:
+        """An entry the state already held at start-up (a crash lost its line): say so."""
+        if index > self.last_index:
+            self._append(encode_line(gap_record(self.last_index + 1, index, "crash")), index)
+
     def _append(self, line: bytes, index: int) -> None:
         """Write one line. Never raises: the apply path must not fail on the audit's disk.
 

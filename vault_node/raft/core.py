@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -54,11 +55,11 @@ from typing import Any
 
 from vault_node.raft.audit import AuditLog
 from vault_node.raft.journal import (
+    SNAPSHOT_MAGIC_V1,
     DurableJournal,
     base_entry,
-    make_durable,
+    fsync_dir,
     read_snapshot,
-    write_snapshot,
 )
 from vault_node.raft.log_entries import decode_entry
 from vault_node.raft.membership import (
@@ -80,8 +81,19 @@ from vault_node.raft.pysyncobj_edge import (  # importing it installs the hooks
     TCPTransport,
     replicated,
 )
+from vault_node.raft.snapshot_stream import SnapshotHeader, read_header, read_stream
+from vault_node.raft.snapshotter import Snapshotter
 from vault_node.raft.transport_cipher import LinkSecrets
-from vault_node.state import ApplyResult, Command, Delete, Outcome, Put, VaultState
+from vault_node.state import (
+    ApplyResult,
+    Command,
+    Delete,
+    Outcome,
+    Put,
+    VaultState,
+    state_digest,
+)
+from vault_node.storage.sqlite_store import DB_FILE, ReadView, SqliteStore
 
 log = logging.getLogger("vault_node.raft")
 
@@ -272,6 +284,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         link: LinkSecrets,
         *,
         known_members: Mapping[str, Member] | None = None,
+        voter: bool = True,
     ) -> None:
         self.bkv_journal = journal
         self.bkv_known_members = dict(known_members or {})  # raft address -> bootstrap entry
@@ -279,11 +292,16 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self.bkv_audit = audit
         self._bkv_member_keys: frozenset[bytes] | None = None  # cache, None: recompute
         self.bkv_link = LinkPolicy(link, self.bkv_is_member_key)
-        self.bkv_state = VaultState()
-        self.bkv_state_lock = threading.Lock()
+        self.bkv_store = SqliteStore(snapshot_path.parent / DB_FILE, fsync=journal.fsync_enabled)
+        self.bkv_state = VaultState(self.bkv_store)
+        self.bkv_state_lock = threading.RLock()
+        # a node that is not (yet) a member never campaigns: it can't depose the leader
+        self.bkv_voter = voter
+        self._bkv_erase_requested = False
         self.bkv_snapshot_path = snapshot_path
         self.bkv_snapshot_error: str | None = None
         self.bkv_snapshots_written = 0
+        self.bkv_snapshot_bytes = 0  # size of the last snapshot this node wrote
         self.bkv_snapshots_loaded = 0  # read at start-up or installed from the leader
         self._bkv_erase_due: float | None = None  # when to compact away a removed record
         self.bkv_erasures = 0  # compactions asked for to erase removed records
@@ -291,8 +309,8 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         conf = SyncObjConf(
             journalFile=journal,
             fullDumpFile=str(snapshot_path),
-            serializer=self._bkv_serialize,
-            deserializer=self._bkv_deserialize,
+            serializer=self._bkv_no_serializer,
+            deserializer=self._bkv_no_serializer,
             useFork=False,
             autoTick=False,
             appendEntriesUseBatch=True,
@@ -301,6 +319,8 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             **conf_kwargs,
         )
         super().__init__(self_address, peers, conf, transportClass=DurableTransport)
+        self.bkv_snapshotter = Snapshotter(self, snapshot_path, durable=self._bkv_durable)
+        self._SyncObj__serializer = self.bkv_snapshotter
         self.bkv_wake = PipeNotifier(self._poller)
         self._bkv_restore_membership()
 
@@ -323,6 +343,9 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
 
     def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> Any:
         self._bkv_member_keys = None
+        if (isinstance(request, list) and len(request) == 3
+                and request[2] == self._SyncObj__selfNode):
+            self.bkv_voter = (request[0] == "add") != reverse
         try:
             return super()._SyncObj__doChangeCluster(request, reverse)
         finally:
@@ -339,6 +362,11 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
     def _bkv_apply(self, encoded: bytes) -> ApplyResult:
         """Apply one committed entry; a malformed one is a logged no-op, never a crash."""
         index = int(self.raftLastApplied) + 1  # pysyncobj counts an entry once applied
+        if index <= self.bkv_store.applied_index():
+            # the state database already holds it (a restart replays the journal
+            # from the snapshot): applying it again would count a guess twice
+            self.bkv_audit.applied_unaudited(index)
+            return ApplyResult(Outcome.STALE)
         command: Command | None = None
         time_ms: int | None = None
         try:
@@ -346,11 +374,14 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         except ValueError:
             log.error("ignoring a malformed committed command")
             result = ApplyResult(Outcome.INVALID)
+            with self.bkv_state_lock:
+                self.bkv_store.set_applied(index)
         else:
             with self.bkv_state_lock:
                 replaces = isinstance(command, Put | Delete) and (
                     self.bkv_state.entry(command.account_id) is not None)
                 result = self.bkv_state.apply(command)
+                self.bkv_store.set_applied(index)
             if result.outcome == Outcome.DESTROYED or (replaces and result.outcome == Outcome.OK):
                 self._bkv_schedule_erase()
         self.bkv_audit.record(index, command, result, time_ms)
@@ -381,9 +412,14 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         if self._bkv_erase_due is not None and time.monotonic() >= self._bkv_erase_due:
             self._bkv_erase_due = None
             self.bkv_erasures += 1
+            self._bkv_erase_requested = True
             self.forceLogCompaction()  # runs at the end of this tick
         self.bkv_audit.sync_if_due()  # the journal can rebuild it: no fsync per tick
+        if not self.bkv_voter:
+            self._SyncObj__raftElectionDeadline = time.monotonic() + 3600.0
         super()._onTick(timeToWait)
+        with self.bkv_state_lock:
+            self.bkv_store.commit()  # one transaction per tick; the journal is the durable copy
 
     def _checkCommandsToApply(self) -> None:
         before = len(self.bkv_journal)
@@ -395,43 +431,120 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             self._SyncObj__sendAppendEntries()
         self.bkv_journal.sync()
 
-    # ---- snapshots --------------------------------------------------------------------
+    # ---- snapshots (vault_node.raft.snapshotter calls these) ---------------------------
 
-    def _bkv_serialize(self, filename: str, data: Any) -> None:
-        last, previous, cluster = data
+    def _bkv_no_serializer(self, *_args: Any) -> Any:
+        raise RuntimeError("snapshots go through the Snapshotter")
+
+    def bkv_open_view(self) -> ReadView:
+        """Tick thread: the applied state made durable, and a read view of it."""
         self.bkv_audit.sync()  # no audited entry may be lost behind a snapshot
         with self.bkv_state_lock:
-            plain = self.bkv_state.to_plain()
-        # membership rides in the snapshot's state table (VaultState ignores the key)
-        plain[SNAPSHOT_MEMBERS_KEY] = members_to_plain(
-            describe(node, self.bkv_known_members) for node in cluster
-        )
-        # the base entry's command is never applied or sent again: keep no record in it
-        write_snapshot(Path(filename), plain, last, base_entry(previous),
-                       durable=self._bkv_durable)
-        self.bkv_snapshots_written += 1
+            self.bkv_store.commit(durable=True)
+            return self.bkv_store.read_view()
 
-    def _bkv_deserialize(self, filename: str) -> tuple[Any, Any, Any]:
-        path = Path(filename)
+    def bkv_header(self, view: ReadView, last: Any, previous: Any, cluster: Any) -> SnapshotHeader:
+        store = self.bkv_store
+        members = members_to_plain(describe(node, self.bkv_known_members) for node in cluster)
+        return SnapshotHeader(
+            last=(bytes(last[0]), int(last[1]), int(last[2])), previous=base_entry(previous),
+            state_index=view.applied_index, count=view.count,
+            digest=state_digest(view.count, view.digest_sum), members=members,
+            cluster_id=str(store.meta("cluster_id") or ""),
+            epoch=int(store.meta("epoch") or 0),  # type: ignore[call-overload]
+            taken_at_ms=time.time_ns() // 1_000_000)
+
+    def bkv_snapshot_written(self, header: SnapshotHeader, size: int) -> None:
+        """Background thread: the file is complete; erase removed records' old pages."""
+        self.bkv_snapshots_written += 1
+        self.bkv_snapshot_bytes = size
+        if self._bkv_erase_requested:
+            self._bkv_erase_requested = False
+            with self.bkv_state_lock:
+                self.bkv_store.erase_checkpoint()
+
+    def bkv_load_snapshot(self, path: Path, *, installed: bool) -> tuple[Any, Any, Any]:
+        """Start-up or install: make the state database match the snapshot at ``path``.
+
+        At start-up a database at or past the snapshot (same shard identity) is
+        kept as it is -- only the journal tail is replayed. Otherwise (an install
+        from the leader, a lost or older database) the checked rows are loaded
+        into a fresh database that replaces the live one only once complete.
+        """
         try:
-            # a snapshot installed from the leader is durable before it is acknowledged
-            make_durable(path, fsync=self._bkv_durable)
-            plain, last, previous = read_snapshot(path)
-            members_plain = plain.pop(SNAPSHOT_MEMBERS_KEY, None)
-            members = None if members_plain is None else members_from_plain(members_plain)
-            state = VaultState.from_plain(plain)
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            if path.read_bytes()[:len(SNAPSHOT_MAGIC_V1)] == SNAPSHOT_MAGIC_V1:
+                header = self._bkv_load_v1(path)
+            else:
+                header = read_header(path)
+                store = self.bkv_store
+                same_shard = str(store.meta("cluster_id") or "") == header.cluster_id
+                if installed or not same_shard or store.applied_index() < header.state_index:
+                    self._bkv_load_rows(path)
+        except Exception as err:
             self.bkv_snapshot_error = f"snapshot {path} unusable: {type(err).__name__}"
             log.error("%s", self.bkv_snapshot_error)
             raise
-        with self.bkv_state_lock:
-            self.bkv_state = state
-        self.bkv_audit.snapshot_installed(int(last[1]))
+        last_index = int(header.last[1])
+        if installed:
+            self.bkv_audit.snapshot_installed(last_index)
+            # loading may have taken longer than an election timeout: don't campaign for it
+            self._SyncObj__raftElectionDeadline = time.monotonic() + float(
+                self._SyncObj__conf.raftMaxTimeout)
         self.bkv_snapshots_loaded += 1
-        self._bkv_snapshot_index = int(last[1])
-        # a snapshot from before membership was recorded keeps the current membership
+        self._bkv_snapshot_index = last_index
+        members = members_from_plain(header.members) if header.members else None
         cluster = self._bkv_cluster() if members is None else [m.node() for m in members]
-        return last, previous, cluster
+        return header.last, header.previous, cluster
+
+    def _bkv_load_rows(self, path: Path) -> SnapshotHeader:
+        """Check and load a snapshot into a fresh database, then swap it in."""
+        fresh_path = self.bkv_store.path.with_name(DB_FILE + ".load")
+        _remove_db(fresh_path)
+        fresh = SqliteStore(fresh_path, fsync=False)
+        try:
+            header, digest_sum = read_stream(path, fresh.insert_rows)
+            fresh.set_digest_sum(digest_sum)
+            self._bkv_finish_load(fresh, header.state_index, header.cluster_id, header.epoch)
+        except BaseException:
+            fresh.close()
+            _remove_db(fresh_path)
+            raise
+        return header
+
+    def _bkv_load_v1(self, path: Path) -> SnapshotHeader:
+        """A snapshot written before the state database existed (JSON, version 1)."""
+        plain, last, previous = read_snapshot(path)
+        members = plain.pop(SNAPSHOT_MEMBERS_KEY, [])
+        fresh_path = self.bkv_store.path.with_name(DB_FILE + ".load")
+        _remove_db(fresh_path)
+        fresh = SqliteStore(fresh_path, fsync=False)
+        try:
+            VaultState.from_plain(plain, fresh)
+            self._bkv_finish_load(fresh, int(last[1]), "", 0)
+        except BaseException:
+            fresh.close()
+            _remove_db(fresh_path)
+            raise
+        state = VaultState(self.bkv_store)
+        return SnapshotHeader(last, previous, int(last[1]), len(state), state.digest(),
+                              members if isinstance(members, list) else [])
+
+    def _bkv_finish_load(self, fresh: SqliteStore, applied: int, cluster_id: str,
+                         epoch: int) -> None:
+        fresh.set_applied(applied)
+        fresh.set_meta("cluster_id", cluster_id)
+        fresh.set_meta("epoch", epoch)
+        fresh.commit()
+        fresh.close()  # checkpoints and removes its write-ahead log
+        live = self.bkv_store.path
+        with self.bkv_state_lock:
+            self.bkv_store.close()
+            _remove_db(live, keep_main=True)
+            os.replace(fresh.path, live)
+            if self._bkv_durable:
+                fsync_dir(live.parent)
+            self.bkv_store = SqliteStore(live, fsync=self._bkv_durable)
+            self.bkv_state = VaultState(self.bkv_store)
 
     # ---- membership -------------------------------------------------------------------
 
@@ -513,3 +626,10 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             request = self._SyncObj__parseChangeClusterRequest(command)
             if request is not None:
                 self._SyncObj__doChangeCluster(request)
+
+
+def _remove_db(path: Path, *, keep_main: bool = False) -> None:
+    """Remove a database's side files (and the database itself unless ``keep_main``)."""
+    for suffix in ("-wal", "-shm", "-journal") if keep_main else ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+

@@ -104,7 +104,60 @@ def _status_json(vault: ReplicatedVault) -> dict[str, Any]:
         "snapshots_written": s.snapshots_written,
         "snapshots_loaded": s.snapshots_loaded,
         "truncation_warnings": s.truncation_warnings,
+        "snapshot_busy": vault.snapshotter.busy(),
+        "chunks_sent": _GATES.sent,
+        "chunks_received": _GATES.received,
     }
+
+
+class _Gates:
+    """Test gates on snapshots (``--gate DIR``): pause at a known point until a file exists.
+
+    ``DIR/create``: a snapshot being taken waits for it before writing rows.
+    ``DIR/send``: after the first chunk of each transfer, the sender sends nothing
+    more until it exists. The counters say how far a transfer got.
+    """
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+        self.sent = 0
+        self.received = 0
+
+    def wait(self, name: str) -> None:
+        deadline = time.monotonic() + 300
+        while self.folder is not None and not (self.folder / name).exists():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
+    def install(self, snapshotter: Any, folder: Path) -> None:
+        self.folder = folder
+        write, send, receive = (snapshotter._write, snapshotter.getTransmissionData,
+                                snapshotter.setTransmissionData)
+
+        def gated_write(*args: Any) -> None:
+            self.wait("create")
+            write(*args)
+
+        def gated_send(node: Any) -> Any:
+            ongoing = node in snapshotter._transfers  # a transfer's first chunk always goes
+            if ongoing and not (folder / "send").exists():
+                return None
+            data = send(node)
+            if isinstance(data, tuple):
+                self.sent += 1
+            return data
+
+        def counted_receive(data: Any) -> bool:
+            self.received += 1
+            return bool(receive(data))
+
+        snapshotter._write = gated_write
+        snapshotter.getTransmissionData = gated_send
+        snapshotter.setTransmissionData = counted_receive
+
+
+_GATES = _Gates()
 
 
 def run_load(vault: ReplicatedVault, count: int, concurrency: int) -> dict[str, Any]:
@@ -153,6 +206,30 @@ def run_load(vault: ReplicatedVault, count: int, concurrency: int) -> dict[str, 
     }
 
 
+def _puts(vault: ReplicatedVault, count: int, size: int) -> dict[str, Any]:
+    """``count`` new deposits from 8 threads; the ids of those acknowledged."""
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for _ in range(n):
+            account = os.urandom(st.ACCOUNT_ID_BYTES)
+            try:
+                vault.submit(st.Put(account, os.urandom(st.RECORD_ID_BYTES), os.urandom(size), 5))
+            except (NotLeaderError, CommitTimeoutError):
+                continue
+            with lock:
+                done.append(account.hex())
+
+    threads = [threading.Thread(target=worker, args=(count // 8 + (i < count % 8),))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return {"acknowledged": done}
+
+
 def _handle(vault: ReplicatedVault, request: dict[str, Any]) -> dict[str, Any]:
     op = request.get("op")
     if op == "status":
@@ -185,6 +262,8 @@ def _handle(vault: ReplicatedVault, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}
     if op == "load":
         return run_load(vault, int(request["count"]), int(request["concurrency"]))
+    if op == "puts":
+        return _puts(vault, int(request["count"]), int(request.get("size", 600)))
     return {"error": "unknown op"}
 
 
@@ -196,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument("--snapshot-min-entries", type=int, default=5000)
+    parser.add_argument("--snapshot-chunk-bytes", type=int, default=0)
+    parser.add_argument("--gate", type=Path, default=None, help="snapshot test gates (_Gates)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -221,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RaftStartupError, ValueError) as err:
         print(json.dumps({"error": f"startup: {err}"}), flush=True)
         return 1
+    if args.snapshot_chunk_bytes:
+        vault.snapshotter.chunk_bytes = args.snapshot_chunk_bytes
+    if args.gate is not None:
+        _GATES.install(vault.snapshotter, args.gate)
     print(json.dumps({"ready": True}), flush=True)
     try:
         for line in sys.stdin:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 _MAGIC = b"BKVJRNL1"
 _HEADER = struct.Struct(">IIQQ")  # payload length, crc32, index, term
-_SNAPSHOT_MAGIC = b"BKVSNAP1\n"
+SNAPSHOT_MAGIC_V1 = b"BKVSNAP1\n"
 NO_OP_COMMAND_TYPE = 1  # pysyncobj's _COMMAND_TYPE.NO_OP (the edge checks it at import)
 _BASE_ENTRY_COMMAND = bytes([NO_OP_COMMAND_TYPE])  # what a snapshot's base entry keeps
 
@@ -299,15 +299,15 @@ def write_snapshot(
         separators=(",", ":"),
     ).encode()
     trailer = hashlib.sha256(body).hexdigest().encode()
-    atomic_write(path, _SNAPSHOT_MAGIC + body + b"\n" + trailer, durable=durable)
+    atomic_write(path, SNAPSHOT_MAGIC_V1 + body + b"\n" + trailer, durable=durable)
 
 
 def read_snapshot(path: Path) -> tuple[dict[str, Any], Entry, Entry]:
     """Read and check a snapshot: (state plain data, last entry, previous entry)."""
     data = path.read_bytes()
-    if not data.startswith(_SNAPSHOT_MAGIC):
+    if not data.startswith(SNAPSHOT_MAGIC_V1):
         raise ValueError("not a vault snapshot")
-    body, _, trailer = data[len(_SNAPSHOT_MAGIC) :].rpartition(b"\n")
+    body, _, trailer = data[len(SNAPSHOT_MAGIC_V1) :].rpartition(b"\n")
     if not hmac.compare_digest(hashlib.sha256(body).hexdigest().encode(), trailer):
         raise ValueError("snapshot checksum mismatch")
     plain = json.loads(body)

@@ -98,9 +98,11 @@ _COMPRESS_LEVEL = 3  # pysyncobj's choice
 
 # What the rest of the vault uses from pysyncobj: every name comes through here.
 COMMAND_TYPE = _syncobj_module._COMMAND_TYPE
+SERIALIZER_STATE = _serializer_module.SERIALIZER_STATE
 __all__ = [
     "COMMAND_TYPE",
     "FAIL_REASON",
+    "SERIALIZER_STATE",
     "PipeNotifier",
     "SyncObj",
     "SyncObjConf",
@@ -185,11 +187,16 @@ HOOKED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "pysyncobj.tcp_server:TcpServer._TcpServer__onNewConnection": ("TcpConnection",),
     _S + "__init__": ("_SyncObj__otherNodes", "_SyncObj__selfNode", "_SyncObj__transport",
                       "_SyncObj__needLoadDumpFile", "_SyncObj__raftState", "_poller",
-                      "_SyncObj__lastResponseTime"),
+                      "_SyncObj__lastResponseTime", "_SyncObj__serializer",
+                      "_SyncObj__raftElectionDeadline"),
     # the leader lease (replication.holds_leadership) reads when each follower answered
     _S + "_SyncObj__onMessageReceived": ("_SyncObj__lastResponseTime",),
     # a snapshot's base entry is kept as a no-op (journal.base_entry)
     _S + "_SyncObj__onBecomeLeader": ("NO_OP",),
+    # snapshots go through vault_node.raft.snapshotter.Snapshotter
+    _S + "_SyncObj__tryLogCompaction": ("checkSerializing", "serialize",
+                                        "_SyncObj__deleteEntriesTo"),
+    _S + "_SyncObj__sendAppendEntries": ("getTransmissionData", "cancelTransmisstion"),
 }
 _MODULES = {
     "pysyncobj.tcp_connection": _tcp_connection_module,

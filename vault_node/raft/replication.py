@@ -20,12 +20,15 @@ from typing import Any
 from vault_node.raft.admin_endpoint import AdminEndpoint
 from vault_node.raft.audit import AUDIT_FILE, AuditError, AuditLog
 from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY, TRUNCATION_MONITOR, VaultSyncObj
-from vault_node.raft.journal import DurableJournal, read_snapshot
+from vault_node.raft.journal import SNAPSHOT_MAGIC_V1, DurableJournal, read_snapshot
 from vault_node.raft.log_entries import encode_entry
 from vault_node.raft.membership import Member, members_from_plain
 from vault_node.raft.pysyncobj_edge import FAIL_REASON
+from vault_node.raft.snapshot_stream import read_header
+from vault_node.raft.snapshotter import Snapshotter
 from vault_node.raft.transport_cipher import LinkKey, LinkSecrets
 from vault_node.state import AccountEntry, ApplyResult, Command, VaultState
+from vault_node.storage.sqlite_store import StoreError
 
 log = logging.getLogger("vault_node.raft")
 
@@ -77,6 +80,7 @@ class RaftConfig:
     members: tuple[Member, ...] = ()  # the bootstrap list's descriptions (ids, gRPC addresses)
     audit_file: Path | None = None  # the audit trail; None means data_dir / "audit.jsonl"
     link_key: LinkKey | None = field(default=None, repr=False)  # this node's own; required
+    join: bool = False  # a node being added: no campaign until its log makes it a member
 
 
 def _link_key(config: RaftConfig) -> LinkKey:
@@ -115,6 +119,23 @@ class RaftStatus:
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
+def check_snapshot_file(path: Path) -> None:
+    """Refuse to start on an unusable snapshot rather than silently start from nothing."""
+    if not path.exists():
+        return
+    try:
+        with path.open("rb") as f:
+            legacy = f.read(len(SNAPSHOT_MAGIC_V1)) == SNAPSHOT_MAGIC_V1
+        if legacy:
+            plain = read_snapshot(path)[0]
+            members_from_plain(plain.pop(SNAPSHOT_MEMBERS_KEY, []))
+            VaultState.from_plain(plain)
+        else:
+            members_from_plain(read_header(path).members)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RaftStartupError(f"snapshot {path} is unusable") from err
+
+
 def truncation_warnings() -> int:
     """How often pysyncobj truncated already-applied entries in this process (must stay 0)."""
     return TRUNCATION_MONITOR.count
@@ -149,13 +170,7 @@ class ReplicatedVault:
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         snapshot_path = data_dir / SNAPSHOT_FILE
-        if snapshot_path.exists():
-            try:  # refuse to start rather than silently start from an empty state
-                plain = read_snapshot(snapshot_path)[0]
-                VaultState.from_plain(plain)  # checks it is a table first
-                members_from_plain(plain.get(SNAPSHOT_MEMBERS_KEY, []))
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise RaftStartupError(f"snapshot {snapshot_path} is unusable") from err
+        check_snapshot_file(snapshot_path)
         try:
             audit = AuditLog(config.audit_file or data_dir / AUDIT_FILE, fsync=config.fsync)
         except AuditError as err:
@@ -193,8 +208,13 @@ class ReplicatedVault:
             self._obj = VaultSyncObj(
                 config.self_address, peers, conf_kwargs, journal, snapshot_path, audit, link,
                 known_members={m.raft_address: m for m in config.members},
+                voter=not config.join,
             )
             AdminEndpoint(self._obj).install()
+        except StoreError as err:
+            journal._destroy()
+            audit.close()
+            raise RaftStartupError(str(err)) from None
         except Exception as err:  # pysyncobj reports bind failures as a bare SyncObjException
             journal._destroy()
             audit.close()
@@ -341,6 +361,11 @@ class ReplicatedVault:
         with self._obj.bkv_state_lock:
             return self._obj.bkv_state.entry(account_id)
 
+    @property
+    def snapshotter(self) -> Snapshotter:
+        """This node's snapshot maker, sender and receiver (diagnostics and test harness)."""
+        return self._obj.bkv_snapshotter
+
     def force_snapshot(self) -> None:
         """Ask for a snapshot + log compaction at the next tick."""
         self._obj.forceLogCompaction()
@@ -357,7 +382,10 @@ class ReplicatedVault:
             for waiter in self._pending:
                 waiter.error = FAIL_REASON.LEADER_CHANGED
                 waiter.done.set()
+        self._obj.bkv_snapshotter.close()
         self._obj.destroy()
+        with self._obj.bkv_state_lock:
+            self._obj.bkv_store.close()
         self._audit.close()
         log.info("raft node %s stopped", self._config.node_id)
 

@@ -183,6 +183,9 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             state_digest=s.digest,
             healthy=leader is not None and self._replica.leader_reachable(),
             accounts=s.accounts,
+            snapshots_written=s.snapshots_written,
+            snapshots_loaded=s.snapshots_loaded,
+            log_entries=s.log_entries,
         )
 
     # ---- the four protocol steps --------------------------------------------

@@ -1,0 +1,1 @@
+"""Where a node keeps the vault state: an embedded, crash-safe engine (SQLite)."""
