@@ -1,10 +1,11 @@
 """`bkv-vault-node`: create a fleet (`init-fleet`) and run a vault node (`run`).
 
-Admin commands (`member`, `snapshot`) live in ``vault_node.admin.cli``.
+Admin commands (`member`, `link-key`, `snapshot`, `hsm`) live in ``vault_node.admin.cli``.
 
 Exit codes (the project-wide table of ``bkv_tools.cli.exit_codes``): 0 ok, 1
 unexpected failure or cannot listen, 2 bad configuration or keys; the admin
-commands add 1 refused change, 8 no answer in time, 12 transport secret refused.
+commands add 1 refused change, 6 damaged high-water mark, 8 no answer in time,
+12 transport secret refused.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     from vault_node.admin.cli import add_commands  # late, like the node's modules in _serve
 
-    add_commands(sub)  # `member list|add|remove`, `snapshot take|restore`
+    add_commands(sub)  # `member list|add|remove`, `snapshot take|restore`, `hsm high-water show`
     audit = sub.add_parser("audit", help="print this node's audit trail (checks its order)")
     audit.add_argument("--config", type=Path, required=True)
     audit.add_argument("--since", type=int, default=0, metavar="INDEX",

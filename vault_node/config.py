@@ -79,6 +79,9 @@ class NodeConfig:
     raft_bind: str = ""  # where Raft accepts peers; "" means raft_address
     metrics_address: str = ""  # Prometheus scrape endpoint (host:port); "" disables it
     audit_file: Path | None = None  # the audit trail; None means data_dir / "audit.jsonl"
+    # the software HSM's anti-rollback mark; None means next to master_key_file (never
+    # in data_dir); the PKCS#11 backend keeps it in the token instead
+    high_water_file: Path | None = None
     log_format: str = ""  # "json" | "text"; "" picks text on a terminal, json otherwise
     # TLS (all three or none): set, the node serves only mutual TLS and admits a
     # client certificate from this CA with the ChatD or ops role
@@ -160,12 +163,18 @@ class NodeConfig:
             raft_bind=r.optional_address("raft_bind"),
             metrics_address=r.optional_address("metrics_address"),
             audit_file=r.optional_path("audit_file"),
+            high_water_file=r.optional_path("high_water_file"),
             log_format=r.choice("log_format", ("json", "text")),
             tls_cert_file=r.optional_path("tls_cert_file"),
             tls_key_file=r.optional_path("tls_key_file"),
             tls_ca_file=r.optional_path("tls_ca_file"),
         )
         cfg._check_peers(where)
+        if cfg.pkcs11 is not None and cfg.high_water_file is not None:
+            raise ConfigError(
+                f"{where}: 'high_water_file' is for the software master key; the PKCS#11 "
+                "backend keeps the high-water mark in its token"
+            )
         cfg._check_sockets(where)
         tls = (cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file)
         if any(tls) and not all(tls):

@@ -1,19 +1,17 @@
 """The PKCS#11 master-key backend against a real SoftHSM2 token set up by the test.
 
-The tokens live in a temporary SoftHSM2 token directory; SOFTHSM2_CONF is set for
-the whole module before the library is first loaded (SoftHSM reads it once per
-process), and every token is initialised up front for the same reason.
+The tokens live in a temporary SoftHSM2 token directory shared by every PKCS#11 test
+module of the process (``tests/vault/softhsm.py``): SoftHSM reads SOFTHSM2_CONF once
+per process, so every token is initialised up front.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from tests.vault.conftest import (
     clean_env,
     write_node_configs,
 )
+from tests.vault.softhsm import KEY_LABEL, SoftHsm, softhsm_fixture
 from vault_node.config import ConfigError, NodeConfig, Pkcs11Settings
 from vault_node.hsm.fleet import FleetHsm, HsmError, SoftwareMasterKey, init_fleet
 from vault_node.hsm.pkcs11 import (
@@ -38,61 +37,12 @@ from vault_node.hsm.pkcs11 import (
 
 pkcs11 = pytest.importorskip("pkcs11", reason="python-pkcs11 is not installed")
 
-MODULE_CANDIDATES = (
-    Path("/usr/lib/softhsm/libsofthsm2.so"),
-    Path("/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"),
-    Path("/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so"),
-    Path("/usr/local/lib/softhsm/libsofthsm2.so"),
-)
-TOKENS = ("bkv-a", "bkv-b", "bkv-node", "bkv-other")
-KEY_LABEL = "bkv-master"
 AAD = b"bkv test aad"
-
-
-@dataclass(frozen=True)
-class SoftHsm:
-    module: Path
-    pin: str
-    pin_file: Path
-    root: Path
-
-    def settings(self, token: str, key_label: str = KEY_LABEL) -> Pkcs11Settings:
-        return Pkcs11Settings(self.module, token, key_label, self.pin_file)
-
-
-def _softhsm_module() -> Path | None:
-    return next((p for p in MODULE_CANDIDATES if p.exists()), None)
 
 
 @pytest.fixture(scope="module")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    module = _softhsm_module()
-    if shutil.which("softhsm2-util") is None or module is None:
-        pytest.skip("softhsm2 is not installed (scripts/install-system-deps.sh installs it)")
-    root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    pin = secrets.token_hex(8)
-    pin_file = root / "pin"
-    pin_file.write_text(pin + "\n")
-    pin_file.chmod(0o600)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOFTHSM2_CONF", str(conf))
-        mp.delenv(PIN_ENV, raising=False)
-        for label in TOKENS:
-            subprocess.run(
-                [
-                    *("softhsm2-util", "--init-token", "--free", "--label", label),
-                    *("--pin", pin, "--so-pin", secrets.token_hex(8)),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
-        hsm = SoftHsm(module, pin, pin_file, root)
+    for hsm in softhsm_fixture(tmp_path_factory):
         for label in ("bkv-a", "bkv-b"):
             assert create_token_key(hsm.settings(label)) is True
         yield hsm

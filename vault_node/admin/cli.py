@@ -1,9 +1,9 @@
-"""`bkv-vault-node member ...` and `bkv-vault-node snapshot ...`: the operator's admin commands.
+"""`bkv-vault-node member|snapshot|link-key|hsm ...`: the operator's admin commands.
 
 Exit codes, the project-wide table (``bkv_tools.cli.exit_codes``, which the vault
 does not import): 0 ok, 1 the cluster refused the change, 2 bad configuration,
-arguments or file, 8 no node answered in time (try later), 12 the node refused the
-transport secret.
+arguments or file, 6 the HSM's high-water mark is damaged or was edited, 8 no node
+answered in time (try later), 12 the node refused the transport secret.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from vault_node.admin.client import (
 )
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.hsm.fleet import FleetHsm, HsmError, MasterKeyBackend
-from vault_node.hsm.pkcs11 import load_master_key
+from vault_node.hsm.high_water import HighWaterDamaged
+from vault_node.hsm.pkcs11 import Pkcs11MasterKey, load_master_key, node_high_water
 from vault_node.raft.admin_endpoint import (
     CMD_ADD,
     CMD_COMPACT,
@@ -51,6 +52,7 @@ from vault_node.raft.transport_cipher import LinkKey, LinkSecrets, load_link_key
 
 EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
+EXIT_DAMAGED = 6
 EXIT_UNAVAILABLE = 8
 EXIT_SECRET_REFUSED = 12
 DEFAULT_TIMEOUT = 30.0
@@ -206,12 +208,39 @@ def _link_key_show(args: argparse.Namespace) -> None:
     print(load_link_key(NodeConfig.load(args.config)).public_hex)
 
 
+def _high_water_show(args: argparse.Namespace) -> None:
+    """Print the node's anti-rollback mark as its HSM holds it (reads only)."""
+    cfg = NodeConfig.load(args.config)
+    master = load_master_key(cfg)
+    try:
+        mark = node_high_water(cfg, master)
+        position = mark.current()
+    finally:
+        if isinstance(master, Pkcs11MasterKey):
+            master.close()
+    if args.json:
+        print(json.dumps({
+            "node_id": cfg.node_id,
+            "shard": cfg.shard,
+            "backend": "software" if cfg.pkcs11 is None else "pkcs11",
+            "where": mark.where,
+            "high_water": None if position is None else position.to_plain(),
+        }))
+        return
+    state = "nothing attested yet" if position is None else str(position)
+    print(f"{cfg.node_id} (shard {cfg.shard}) high-water mark: {state}")
+    print(f"kept in {mark.where}")
+
+
 def _handle(args: argparse.Namespace) -> int:
     try:
         args.action(args)
     except _Fail as err:
         print(f"bkv-vault-node: {err}", file=sys.stderr)
         return err.code
+    except HighWaterDamaged as err:
+        print(f"bkv-vault-node: {err}", file=sys.stderr)
+        return EXIT_DAMAGED
     except (ConfigError, HsmError, SnapshotFileError, MembershipError) as err:
         print(f"bkv-vault-node: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -219,7 +248,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Register `member` and `snapshot` on the `bkv-vault-node` sub-parser set."""
+    """Register `member`, `link-key`, `snapshot` and `hsm` on the `bkv-vault-node` sub-parsers."""
     member = sub.add_parser("member", help="list, add or remove Raft group members")
     msub = member.add_subparsers(dest="member_command", required=True)
     specs = [
@@ -274,6 +303,16 @@ def add_commands(sub: Any) -> None:
     restore.add_argument("--config", type=Path, required=True, help="the node's node.toml")
     restore.add_argument("--in", dest="input", type=Path, required=True)
     restore.set_defaults(handler=_handle, action=_snapshot_restore)
+    hsm = sub.add_parser("hsm", help="what this node's HSM module holds about the node")
+    hsub = hsm.add_subparsers(dest="hsm_command", required=True)
+    high_water = hsub.add_parser(
+        "high-water", help="the anti-rollback mark: the furthest log position the HSM attested"
+    )
+    hwsub = high_water.add_subparsers(dest="high_water_command", required=True)
+    hw_show = hwsub.add_parser("show", help="print the node's high-water mark")
+    hw_show.add_argument("--config", type=Path, required=True, help="the node's node.toml")
+    hw_show.add_argument("--json", action="store_true", help="print the mark as JSON")
+    hw_show.set_defaults(handler=_handle, action=_high_water_show)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -26,11 +26,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bkv_protocol import deposit as deposit_mod
 from bkv_protocol import opaque, sealing
 from bkv_protocol.errors import AuthenticationError, ProtocolError
+from vault_node.hsm.errors import HsmError
+from vault_node.hsm.high_water import (
+    MAC_KEY_BYTES,
+    MAC_KEY_INFO,
+    HighWaterMark,
+    SoftwareHighWater,
+    file_label,
+)
 
 MASTER_KEY_BYTES = 32
 MASTER_KEY_ENV = "BKV_MASTER_KEY"
@@ -56,12 +66,8 @@ ACCOUNT_HASH_KEY_BYTES = 32
 RECORD_ID_BYTES = 16
 
 
-class HsmError(Exception):
-    """A sealed blob did not open, or a key source is unusable. Never carries a secret."""
-
-
 class MasterKeyBackend(Protocol):
-    """The one operation pair the HSM needs from its root key (software or PKCS#11)."""
+    """What the HSM needs from its root (software or PKCS#11): sealing, and the high-water mark."""
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         """Encrypt and authenticate ``plaintext`` bound to ``aad``."""
@@ -71,22 +77,46 @@ class MasterKeyBackend(Protocol):
         """Reverse :meth:`seal`; raise :class:`HsmError` on any mismatch."""
         ...
 
+    def high_water(self, scope: str) -> HighWaterMark:
+        """The anti-rollback mark named ``scope`` (one per node), kept by this HSM.
+
+        See :mod:`vault_node.hsm.high_water`; ``scope`` comes from ``node_scope``.
+        """
+        ...
+
 
 class SoftwareMasterKey:
-    """A master key held in process memory (loaded from a 0600 file or the environment)."""
+    """A master key held in process memory (loaded from a 0600 file or the environment).
 
-    __slots__ = ("_aead",)
+    Its high-water mark (:meth:`high_water`) is a MAC'd file next to the key file,
+    ``<key file>.high-water.<scope>``, or at ``high_water_file``. Being on the same
+    disk as the key, it cannot survive a rollback of that disk: see
+    :class:`vault_node.hsm.high_water.SoftwareHighWater`.
+    """
 
-    def __init__(self, key: bytes) -> None:
+    __slots__ = ("_aead", "_mark_key", "high_water_file", "key_file")
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        key_file: Path | None = None,
+        high_water_file: Path | None = None,
+    ) -> None:
         if len(key) != MASTER_KEY_BYTES:
             raise HsmError(f"master key must be {MASTER_KEY_BYTES} bytes")
         self._aead = ChaCha20Poly1305(key)
+        self._mark_key = HKDF(
+            algorithm=hashes.SHA256(), length=MAC_KEY_BYTES, salt=None, info=MAC_KEY_INFO
+        ).derive(key)
+        self.key_file = key_file
+        self.high_water_file = high_water_file
 
     def __repr__(self) -> str:
         return "SoftwareMasterKey(<redacted>)"
 
     @classmethod
-    def from_file(cls, path: Path) -> SoftwareMasterKey:
+    def from_file(cls, path: Path, *, high_water_file: Path | None = None) -> SoftwareMasterKey:
         """Load a hex key file; refuse one that group or others could read or write."""
         try:
             info = path.stat()
@@ -101,18 +131,44 @@ class SoftwareMasterKey:
             text = path.read_text("ascii").strip()
         except (OSError, UnicodeDecodeError):
             raise HsmError(f"cannot read master key file {path}") from None
-        return cls(_parse_hex_key(text, f"master key file {path}"))
+        return cls(
+            _parse_hex_key(text, f"master key file {path}"),
+            key_file=path,
+            high_water_file=high_water_file,
+        )
 
     @classmethod
-    def load(cls, path: Path | None, env: Mapping[str, str] | None = None) -> SoftwareMasterKey:
+    def load(
+        cls,
+        path: Path | None,
+        env: Mapping[str, str] | None = None,
+        *,
+        high_water_file: Path | None = None,
+    ) -> SoftwareMasterKey:
         """``$BKV_MASTER_KEY`` (hex) if set, else the key file at ``path``."""
         environ = os.environ if env is None else env
         text = environ.get(MASTER_KEY_ENV)
         if text:
-            return cls(_parse_hex_key(text.strip(), MASTER_KEY_ENV))
+            return cls(
+                _parse_hex_key(text.strip(), MASTER_KEY_ENV), high_water_file=high_water_file
+            )
         if path is None:
             raise HsmError(f"no master key: set {MASTER_KEY_ENV} or master_key_file")
-        return cls.from_file(path)
+        return cls.from_file(path, high_water_file=high_water_file)
+
+    def high_water_path(self, scope: str) -> Path:
+        """Where the mark named ``scope`` is kept: ``high_water_file``, else beside the key."""
+        if self.high_water_file is not None:
+            return self.high_water_file
+        if self.key_file is None:
+            raise HsmError(
+                f"the software HSM keeps its high-water mark next to its master key file; "
+                f"with the key in ${MASTER_KEY_ENV}, set high_water_file"
+            )
+        return self.key_file.with_name(f"{self.key_file.name}.high-water.{file_label(scope)}")
+
+    def high_water(self, scope: str) -> HighWaterMark:
+        return SoftwareHighWater(self.high_water_path(scope), self._mark_key, scope)
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = secrets.token_bytes(_NONCE_BYTES)

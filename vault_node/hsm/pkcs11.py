@@ -22,16 +22,18 @@ The ``pkcs11`` import is deferred so the software backend works without the extr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from vault_node.config import NodeConfig, Pkcs11Settings
 from vault_node.hsm.fleet import HsmError, MasterKeyBackend, SoftwareMasterKey
+from vault_node.hsm.high_water import HighWaterMark, Pkcs11HighWater, node_scope
 
 if TYPE_CHECKING:
     import pkcs11
@@ -119,36 +121,44 @@ def _open_session(settings: Pkcs11Settings, pin: str, *, rw: bool) -> pkcs11.Ses
     return session
 
 
-def _find_key(session: pkcs11.Session, settings: Pkcs11Settings) -> _TokenKey | None:
+def _find_key(session: pkcs11.Session, key_label: str) -> _TokenKey | None:
     p11 = _pkcs11()
     found = list(
         session.get_objects(
             {
                 p11.Attribute.CLASS: p11.ObjectClass.SECRET_KEY,
-                p11.Attribute.LABEL: settings.key_label,
+                p11.Attribute.LABEL: key_label,
             }
         )
     )
     if len(found) > 1:
-        raise HsmError(f"several PKCS#11 keys labelled {settings.key_label!r}")
+        raise HsmError(f"several PKCS#11 keys labelled {key_label!r}")
     if not found:
         return None
     key = found[0]
     if key[p11.Attribute.KEY_TYPE] != p11.KeyType.AES or key[p11.Attribute.VALUE_LEN] != 32:
-        raise HsmError(f"PKCS#11 key {settings.key_label!r} is not an AES-256 key")
+        raise HsmError(f"PKCS#11 key {key_label!r} is not an AES-256 key")
     if key[p11.Attribute.EXTRACTABLE] or not key[p11.Attribute.SENSITIVE]:
-        raise HsmError(f"PKCS#11 key {settings.key_label!r} is extractable; refusing to use it")
+        raise HsmError(f"PKCS#11 key {key_label!r} is extractable; refusing to use it")
     return cast(_TokenKey, key)
 
 
 class Pkcs11MasterKey:
-    """The master key as a handle into a PKCS#11 token; one session, serialised calls."""
+    """The master key as a handle into a PKCS#11 token; one session, serialised calls.
 
-    __slots__ = ("_key", "_lock", "_session", "token_label")
+    Its high-water mark (:meth:`high_water`) is a private data object in the same
+    token, read and changed through short read/write sessions that share this
+    session's login.
+    """
 
-    def __init__(self, session: pkcs11.Session, key: _TokenKey, token_label: str) -> None:
+    __slots__ = ("_key", "_key_label", "_lock", "_session", "token_label")
+
+    def __init__(
+        self, session: pkcs11.Session, key: _TokenKey, token_label: str, key_label: str
+    ) -> None:
         self._session = session
         self._key = key
+        self._key_label = key_label
         self._lock = threading.Lock()  # a PKCS#11 session runs one operation at a time
         self.token_label = token_label
 
@@ -162,7 +172,7 @@ class Pkcs11MasterKey:
         """Log in to the configured token and bind to its master key (HsmError if absent)."""
         session = _open_session(settings, load_pin(settings.pin_file, env), rw=False)
         try:
-            key = _find_key(session, settings)
+            key = _find_key(session, settings.key_label)
         except BaseException:
             session.close()
             raise
@@ -172,12 +182,46 @@ class Pkcs11MasterKey:
                 f"PKCS#11 token {settings.token_label!r} has no key labelled "
                 f"{settings.key_label!r}; create it with `bkv-vault-node init-fleet --config`"
             )
-        return cls(session, key, settings.token_label)
+        return cls(session, key, settings.token_label, settings.key_label)
 
     def close(self) -> None:
         """Log out by closing the session; the key stays in the token."""
         with self._lock:
             self._session.close()
+
+    def high_water(self, scope: str) -> HighWaterMark:
+        """This token's anti-rollback mark named ``scope`` (a private CKO_DATA object)."""
+        return Pkcs11HighWater(self._mark_session, scope, self.token_label)
+
+    @contextlib.contextmanager
+    def _mark_session(self) -> Iterator[pkcs11.Session]:
+        """A read/write session for the mark, logged in through this backend's session.
+
+        PKCS#11 login is per application and token, so the new session is logged in
+        while ours is. It must be: a session that is not would see no private object
+        and report "no mark" instead of the real one, so it is checked first.
+        """
+        p11 = _pkcs11()
+        try:
+            session: pkcs11.Session = self._session.token.open(rw=True)
+        except p11.PKCS11Error as err:
+            raise HsmError(
+                f"cannot open a read/write session on PKCS#11 token {self.token_label!r} "
+                f"({type(err).__name__})"
+            ) from None
+        try:
+            try:
+                logged_in = _find_key(session, self._key_label) is not None
+            except p11.PKCS11Error as err:
+                raise HsmError(f"PKCS#11 key lookup failed ({type(err).__name__})") from None
+            if not logged_in:
+                raise HsmError(
+                    f"PKCS#11 token {self.token_label!r}: the high-water session is not "
+                    "logged in (was the master key backend closed?)"
+                )
+            yield session
+        finally:
+            session.close()
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         p11 = _pkcs11()
@@ -212,7 +256,7 @@ def create_token_key(settings: Pkcs11Settings, env: Mapping[str, str] | None = N
     """Generate the AES-256 master key inside the token; False if one with the label exists."""
     p11 = _pkcs11()
     with _open_session(settings, load_pin(settings.pin_file, env), rw=True) as session:
-        if _find_key(session, settings) is not None:
+        if _find_key(session, settings.key_label) is not None:
             return False
         try:
             session.generate_key(
@@ -242,7 +286,31 @@ def load_master_key(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> Ma
     """The backend the node config selects: ``software`` (default) or ``pkcs11``."""
     if cfg.pkcs11 is not None:
         return Pkcs11MasterKey.open_token(cfg.pkcs11, env)
-    return SoftwareMasterKey.load(cfg.master_key_file, env)
+    return SoftwareMasterKey.load(cfg.master_key_file, env, high_water_file=cfg.high_water_file)
+
+
+def node_high_water(cfg: NodeConfig, backend: MasterKeyBackend) -> HighWaterMark:
+    """This node's anti-rollback mark in ``backend`` (as :func:`load_master_key` built it).
+
+    The software mark must not live in the node's data directory: a copy of that
+    directory would then carry its own mark along.
+    """
+    scope = node_scope(cfg.shard, cfg.node_id)
+    if isinstance(backend, SoftwareMasterKey):
+        path = backend.high_water_path(scope)
+        if _inside(path, cfg.data_dir):
+            raise HsmError(
+                f"high-water file {path} is inside the data directory {cfg.data_dir}; "
+                "keep it next to the master key (or set high_water_file elsewhere)"
+            )
+    return backend.high_water(scope)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: judge the paths as written
+        return path.absolute().is_relative_to(folder.absolute())
 
 
 __all__ = [
@@ -251,4 +319,5 @@ __all__ = [
     "create_token_key",
     "load_master_key",
     "load_pin",
+    "node_high_water",
 ]
