@@ -471,7 +471,8 @@ class LocalCluster:
             path = self.config_path(chatd["name"])
             if path.exists():
                 update_config_key(path, "shards", shards)
-            self._signal(chatd["name"], signal.SIGHUP)  # ChatD re-reads its node lists
+            if self._running(chatd["name"]) or self._adopt(chatd["name"]):
+                self._signal(chatd["name"], signal.SIGHUP)  # ChatD re-reads its node lists
 
     def _set_aside(self, node_id: str, stamp: str | None = None) -> list[Path]:
         """Rename a node's data dir, config and link key to ``<name>.removed-<stamp>``."""

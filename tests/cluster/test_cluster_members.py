@@ -123,6 +123,10 @@ def test_add_a_member(cluster: LocalCluster) -> None:
     assert (cluster.state_dir / "tls" / ADDED / "cert.pem").exists()  # its own certificate
     assert_everyone_agrees(cluster)
     register_and_recover(cluster, "after-add")
+    doc = status_doc(cluster)  # exit 0: no two members differ at one applied index
+    assert doc["diverged"] == []
+    rows = [n for dc in doc["datacenters"] for n in dc["nodes"]]
+    assert all(len(r["digest"]) == 64 and r["role"] in ("leader", "follower") for r in rows)
     listed = bkv(cluster, "member", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["agree"], listed.stdout
 
@@ -168,6 +172,7 @@ def test_up_after_remove_does_not_start_the_removed_member(cluster: LocalCluster
     proc = bkv(cluster, "status")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert TestState.removed not in proc.stdout and ADDED in proc.stdout
+    assert "digest" in proc.stdout.splitlines()[0]
 
 
 def test_down_stops_the_added_member(cluster: LocalCluster) -> None:
