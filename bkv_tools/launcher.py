@@ -506,22 +506,22 @@ class LocalCluster:
     def _admin_client(self, shard: int, without: str | None = None
                       ) -> tuple[AdminClient, list[str]]:
         """An admin client with a recorded member's link credentials, and whom to ask."""
-        settled = [n for n in members(self.layout, shard)
-                   if n["node_id"] != without and n.get("pending") != "add"]
+        known = [n for n in members(self.layout, shard) if n.get("pending") != "add"]
+        settled = [n for n in known if n["node_id"] != without]
         speakers = [n for n in settled if not n.get("pending")] or settled
         if not speakers:
             raise LauncherError(f"shard {shard} has no recorded member to speak for")
         try:
             secret = (self.secrets_dir / "transport.secret").read_text("utf-8").strip()
             keys = {n["node_id"]: node_link_key(self.secrets_dir, n["node_id"])
-                    for n in settled}
+                    for n in known}
             own = load_link_key(NodeConfig.load(self.config_path(speakers[0]["node_id"])),
                                 env={})
         except (OSError, ValueError) as err:
             raise LauncherError(f"cannot read the admin credentials: {err}") from None
         client = AdminClient(LinkSecrets(secret.encode("utf-8"), own),
                              {n["raft_address"]: bytes.fromhex(keys[n["node_id"]][1])
-                              for n in settled})
+                              for n in known})
         return client, [n["raft_address"] for n in speakers + settled]
 
     def _admin_call(self, shard: int, command: list[Any], end: float,
