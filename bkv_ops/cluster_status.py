@@ -7,7 +7,10 @@ columns, computed here from ``NodeStatus`` messages. Pure: no network, no files;
 
 Lag is the shard leader's commit index minus the node's last applied index
 (unknown, ``None``, while the shard has no leader), so it counts entries a node
-still has to apply, including the leader's own backlog.
+still has to apply, including the leader's own backlog. ``digest`` is the start
+of the node's state digest (SHA-256 of its replicated state): two nodes of a
+shard that have applied the same index must hold the same state, and
+:func:`diverged` names the ones that don't.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from bkv_ops.tls import ClientTls
 
 UNKNOWN_DC = "unknown"  # a silent node nobody could name (listed last)
+DIGEST_PREFIX_HEX = 12  # digest characters shown in the table (the JSON has all 64)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class NodeRow:
     healthy: bool = False
     leader: bool = False
     accounts: int | None = None
+    digest: str = ""  # the state digest in hex; "" when unknown
     extra: dict[str, str] = field(default_factory=dict)  # e.g. metrics address
 
     @property
@@ -87,7 +92,8 @@ def build_rows(
             last_applied=st.last_applied,
             lag=None if leader is None else max(0, leader.commit_index - st.last_applied),
             healthy=st.healthy, leader=leader is not None and leader.node_id == st.node_id,
-            accounts=st.accounts, extra=dict(extra.get(st.node_id, {}))))
+            accounts=st.accounts, digest=st.state_digest.hex(),
+            extra=dict(extra.get(st.node_id, {}))))
     return sorted(rows, key=lambda r: (r.datacenter == UNKNOWN_DC, r.datacenter, r.shard,
                                        r.node_id))
 
@@ -118,6 +124,36 @@ def shards_without_leader(rows: Iterable[NodeRow]) -> list[int]:
     return sorted(shards - led)
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Nodes of one shard that applied the same log index but hold different states."""
+
+    shard: int
+    applied: int
+    by_digest: dict[str, list[str]]  # digest (hex) -> node ids
+
+    def describe(self) -> str:
+        groups = "; ".join(f"{digest[:DIGEST_PREFIX_HEX]}: {', '.join(sorted(nodes))}"
+                           for digest, nodes in sorted(self.by_digest.items()))
+        return (f"shard {self.shard}: STATE DIVERGED at applied index {self.applied} "
+                f"({groups})")
+
+
+def diverged(rows: Iterable[NodeRow]) -> list[Divergence]:
+    """Per shard and applied index, the answering nodes whose state digests differ.
+
+    Nodes at different applied indexes may differ (one is behind); nodes at the
+    same index must not: Raft applies the same entries in the same order.
+    """
+    groups: dict[tuple[int, int], dict[str, list[str]]] = {}
+    for r in rows:
+        if r.reachable and r.digest and r.last_applied is not None:
+            groups.setdefault((r.shard, r.last_applied), {}).setdefault(
+                r.digest, []).append(r.node_id)
+    return [Divergence(shard, applied, by_digest)
+            for (shard, applied), by_digest in sorted(groups.items()) if len(by_digest) > 1]
+
+
 def datacenters(rows: Iterable[NodeRow]) -> list[str]:
     """The data centers of ``rows`` in display order (the unknown one last)."""
     return sorted({r.datacenter for r in rows}, key=lambda dc: (dc == UNKNOWN_DC, dc))
@@ -132,7 +168,8 @@ def format_table(rows: Iterable[NodeRow]) -> str:
     rows = list(rows)
     extra_names = sorted({k for r in rows for k in r.extra})
     head = (f"{'node':<16} {'dc':<7} {'shard':>5} {'role':<11} {'term':>5} {'commit':>7} "
-            f"{'applied':>7} {'lag':>5} {'health':<11} {'address':<21}")
+            f"{'applied':>7} {'lag':>5} {'digest':<{DIGEST_PREFIX_HEX}} {'health':<11} "
+            f"{'address':<21}")
     lines = [" ".join([head, *(f"{n:<21}" for n in extra_names)]).rstrip()]
     for dc in datacenters(rows):
         lines.append(f"{dc}:")
@@ -140,7 +177,8 @@ def format_table(rows: Iterable[NodeRow]) -> str:
             shard = "?" if r.shard < 0 else str(r.shard)
             line = (f"{r.node_id:<16} {r.datacenter:<7} {shard:>5} {r.role:<11} "
                     f"{_cell(r.term):>5} {_cell(r.commit_index):>7} {_cell(r.last_applied):>7} "
-                    f"{_cell(r.lag):>5} {r.health:<11} {r.address or '-':<21}")
+                    f"{_cell(r.lag):>5} {r.digest[:DIGEST_PREFIX_HEX] or '?':<{DIGEST_PREFIX_HEX}} "
+                    f"{r.health:<11} {r.address or '-':<21}")
             line += "".join(f" {r.extra.get(n, '-'):<21}" for n in extra_names)
             lines.append(line.rstrip())
     return "\n".join(lines)
@@ -163,7 +201,9 @@ def status_document(rows: Iterable[NodeRow], **more: Any) -> dict[str, Any]:
     ]
     return {"datacenters": groups, "leaders": leaders,
             "shards_without_leader": shards_without_leader(rows),
-            "unreachable": [r.node_id for r in rows if not r.reachable], **more}
+            "unreachable": [r.node_id for r in rows if not r.reachable],
+            "diverged": [{"shard": d.shard, "applied": d.applied, "digests": d.by_digest}
+                         for d in diverged(rows)], **more}
 
 
 def ask_chatds(

@@ -9,7 +9,16 @@ git-ignored), and never overwrites a secret::
     config/<service>.toml     node and ChatD configs, paths as seen inside the containers
     compose.env               BKV_STATE and the published ChatD ports (``--env-file``)
     client.toml               points ``bkv vault ...`` at those ports on 127.0.0.1
-    layout.json               fleet public key and ports, so a second run keeps them
+    layout.json               fleet public key, ports and ``members``, so a second run
+                              keeps them
+
+``layout.json``'s ``members`` is the deployment's record of the shard's Raft
+membership (made once from the standard five nodes): every node's
+``[[peers]]``, every ChatD's node list and the certificates are generated from
+it, like the local launcher's ``cluster.json``. ``member add|remove`` change the
+record (and the configs), next to the Raft change ``bkv-vault-node member
+add|remove`` makes; then ``docker kill -s HUP`` on the ChatDs makes them route
+to the new list.
 
 Inside the containers the compose secrets are copied by the entry point to
 ``/run/bkv`` (memory only, owner ``bkv``). Every vault node is addressed by its
@@ -70,9 +79,22 @@ PROBE_CERT_NAME = "probe"
 LISTEN_HOST = "0.0.0.0"  # noqa: S104 (inside a container, on its private networks)
 
 
-def node_names() -> list[tuple[str, str]]:
-    """(service name, data center) of every vault node: dc1-n1, dc1-n2, dc2-n1, dc2-n2, dc3-n1."""
+def default_members() -> list[tuple[str, str]]:
+    """The first five nodes: dc1-n1, dc1-n2, dc2-n1, dc2-n2, dc3-n1, with their data centers."""
     return [(f"{dc}-n{i}", dc) for dc, count in DATACENTERS for i in range(1, count + 1)]
+
+
+def node_names(state_dir: Path | None = None) -> list[tuple[str, str]]:
+    """(service name, data center) of every member: the ``members`` recorded in
+    ``state_dir``'s layout.json, else (no state yet) the first five nodes."""
+    if state_dir is not None:
+        try:
+            layout = json.loads((state_dir / "layout.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            layout = {}
+        if isinstance(layout, dict) and layout.get("members"):
+            return [(m["node_id"], m["datacenter"]) for m in layout["members"]]
+    return default_members()
 
 
 def chatd_names() -> list[tuple[str, str]]:
@@ -87,8 +109,12 @@ def port_variable(chatd: str) -> str:
 
 def node_config(name: str, datacenter: str, attempt_limit: int,
                 allow_identity_ksf: bool = False,
-                link_keys: dict[str, str] | None = None) -> dict[str, Any]:
+                link_keys: dict[str, str] | None = None,
+                members: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """One vault node's TOML content (single shard), with in-container paths.
+
+    ``members``: the shard's (name, data center) list for ``[[peers]]`` (default:
+    the first five nodes).
 
     ``link_keys``: node name -> link public key (hex) for ``[[peers]]``; each node's
     private key is its own compose secret. ``allow_identity_ksf`` is for test
@@ -98,7 +124,7 @@ def node_config(name: str, datacenter: str, attempt_limit: int,
     peers = [{"node_id": n, "datacenter": dc, "raft_address": f"{n}:{RAFT_PORT}",
               "grpc_address": f"{n}:{GRPC_PORT}",
               **({"link_public_key": keys[n]} if n in keys else {})}
-             for n, dc in node_names()]
+             for n, dc in (members or default_members())]
     return {
         "node_id": name,
         "datacenter": datacenter,
@@ -119,23 +145,25 @@ def node_config(name: str, datacenter: str, attempt_limit: int,
     }
 
 
-def chatd_config(datacenter: str, token_public_key: bytes) -> dict[str, Any]:
-    """One ChatD's TOML content: listens on every interface, routes to every node."""
+def chatd_config(datacenter: str, token_public_key: bytes,
+                 members: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """One ChatD's TOML content: listens on every interface, routes to every member."""
     return {
         "listen": f"0.0.0.0:{CHATD_PORT}",
         "datacenter": datacenter,
         "token_public_key": token_public_key.hex(),
         "deadline_seconds": CHATD_DEADLINE_SECONDS,
         "rate_limit": {"per_account_per_second": CHATD_RATE_PER_SECOND, "burst": CHATD_BURST},
-        "shards": [{"id": 0, "nodes": [f"{n}:{GRPC_PORT}" for n, _ in node_names()]}],
+        "shards": [{"id": 0, "nodes": [f"{n}:{GRPC_PORT}"
+                                       for n, _ in (members or default_members())]}],
         "log_format": "json",
     }
 
 
-def tls_identities() -> list[Identity]:
+def tls_identities(members: list[tuple[str, str]] | None = None) -> list[Identity]:
     """Certificates of the deployment: nodes by service name, ChatDs also for the host's
     published ports (127.0.0.1, localhost), and the vault nodes' health probe."""
-    ids = [Identity(tls.ROLE_VAULT_NODE, n, (n,)) for n, _ in node_names()]
+    ids = [Identity(tls.ROLE_VAULT_NODE, n, (n,)) for n, _ in (members or default_members())]
     ids += [Identity(tls.ROLE_CHATD, n, (n, "localhost"), ("127.0.0.1",))
             for n, _ in chatd_names()]
     ids.append(Identity(tls.ROLE_OPS, PROBE_CERT_NAME))
@@ -167,22 +195,26 @@ def prepare(state_dir: Path, *, attempt_limit: int = 10,
         raise LauncherError(f"{layout_path} is damaged") from None
     if "fleet_public_key" not in layout:
         layout["fleet_public_key"] = init_fleet(state_dir)
+    if not layout.get("members"):
+        layout["members"] = [{"node_id": n, "datacenter": dc} for n, dc in default_members()]
+    members = [(m["node_id"], m["datacenter"]) for m in layout["members"]]
     layout_path.write_text(json.dumps(layout, indent=2) + "\n", "utf-8")
     if use_tls:
-        create_certs(state_dir / "tls", tls_identities(), keep_ca_key=keep_ca_key)
+        create_certs(state_dir / "tls", tls_identities(members), keep_ca_key=keep_ca_key)
     tls_keys = tls_config_keys(IN_CONTAINER_TLS) if use_tls else {}
 
     config_dir = state_dir / "config"
-    link_keys = {name: node_link_key(state_dir / "secrets", name)[1] for name, _ in node_names()}
-    for name, dc in node_names():
+    link_keys = {name: node_link_key(state_dir / "secrets", name)[1] for name, _ in members}
+    for name, dc in members:
         toml = tomli_w.dumps(node_config(name, dc, int(layout["attempt_limit"]),
-                                         allow_identity_ksf, link_keys) | tls_keys)
+                                         allow_identity_ksf, link_keys, members) | tls_keys)
         (config_dir / f"{name}.toml").write_text(toml, "utf-8")
     signing = bytes.fromhex(
         (state_dir / "secrets" / "token-signing.key").read_text("ascii").strip()
     )
     for name, dc in chatd_names():
-        toml = tomli_w.dumps(chatd_config(dc, tokens.public_key_from(signing)) | tls_keys)
+        toml = tomli_w.dumps(chatd_config(dc, tokens.public_key_from(signing), members)
+                             | tls_keys)
         (config_dir / f"{name}.toml").write_text(toml, "utf-8")
     env = f"BKV_STATE={state_dir}\n" + "".join(
         f"{port_variable(n)}={layout['ports'][n]}\n" for n, _ in chatd_names())
@@ -256,9 +288,42 @@ def wait_ready(client: ClientConfig, timeout: float) -> services_pb2.ClusterStat
     raise LauncherError(f"deployment not ready after {timeout:g}s ({problem})")
 
 
-def format_status(reply: services_pb2.ClusterStatusReply) -> str:
+def record_member(state_dir: Path, action: str, name: str, datacenter: str = "") -> list[str]:
+    """Add or remove ``name`` in layout.json's ``members`` (the membership record) and
+    regenerate the configs from it; returns the member names after the change."""
+    layout_path = state_dir / "layout.json"
+    try:
+        layout = json.loads(layout_path.read_text("utf-8"))
+    except (OSError, ValueError):
+        raise LauncherError(f"no deployment in {state_dir} (run prepare first)") from None
+    members = layout.get("members") or [{"node_id": n, "datacenter": dc}
+                                        for n, dc in default_members()]
+    known = [m["node_id"] for m in members]
+    if action == "add":
+        if name in known:
+            raise LauncherError(f"{name} is already a member")
+        if not datacenter:
+            raise LauncherError("a new member needs its data center")
+        members.append({"node_id": name, "datacenter": datacenter})
+    else:
+        if name not in known:
+            raise LauncherError(f"{name} is not a member")
+        members = [m for m in members if m["node_id"] != name]
+        layout.setdefault("removed", []).append(
+            {"node_id": name, "removed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    layout["members"] = members
+    layout_path.write_text(json.dumps(layout, indent=2) + "\n", "utf-8")
+    if action == "remove":
+        (state_dir / "config" / f"{name}.toml").unlink(missing_ok=True)
+    prepare(state_dir, use_tls=(state_dir / "tls").exists())
+    return [m["node_id"] for m in members]
+
+
+def format_status(reply: services_pb2.ClusterStatusReply,
+                  state_dir: Path | None = None) -> str:
     """The same table as ``bkv cluster status``: nodes by data center, then the silent ones."""
-    known = {f"{name}:{GRPC_PORT}": NodeIdentity(name, dc, 0) for name, dc in node_names()}
+    known = {f"{name}:{GRPC_PORT}": NodeIdentity(name, dc, 0)
+             for name, dc in node_names(state_dir)}
     return format_table(rows_from_reply(reply, known))
 
 
@@ -284,7 +349,24 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--state-dir", type=Path, default=Path("deploy/state"))
     status.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for every node and a leader")
+    member = sub.add_parser(
+        "member", help="record a member added or removed (with `bkv-vault-node member`) "
+                       "and regenerate the configs from the record")
+    member.add_argument("action", choices=("add", "remove"))
+    member.add_argument("name", help="the node's service name (e.g. dc3-n2)")
+    member.add_argument("--datacenter", default="", help="the new member's data center")
+    member.add_argument("--state-dir", type=Path, default=Path("deploy/state"))
     args = parser.parse_args(argv)
+    if args.command == "member":
+        try:
+            names = record_member(args.state_dir.resolve(), args.action, args.name,
+                                  args.datacenter)
+        except LauncherError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"members: {' '.join(names)}; configs rewritten in {args.state_dir / 'config'}; "
+              "send SIGHUP to every ChatD (docker kill -s HUP) to route to them")
+        return 0
     if args.command == "status":
         try:
             client = ClientConfig.load(args.state_dir / "client.toml")
@@ -299,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         if reply is None:
             print("error: no ChatD answered", file=sys.stderr)
             return 4
-        print(format_status(reply))
+        print(format_status(reply, args.state_dir))
         return 0
     if args.command == "health":
         port = GRPC_PORT if args.kind == "vault" else CHATD_PORT

@@ -13,6 +13,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,54 +195,131 @@ def init_fleet(state_dir: Path) -> str:
     return key
 
 
-def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
-    """Node TOMLs, ChatD TOMLs (config/) and client.toml, all from the layout.
+def members(layout: dict[str, Any], shard: int | None = None) -> list[dict[str, Any]]:
+    """The recorded members (of ``shard``, or all): the layout's ``nodes`` list.
 
+    ``nodes`` is the deployment's record of each shard's Raft membership: the
+    launcher's ``cluster member add|remove`` changes the Raft group and this list
+    in one operation, and every config, ``up``, ``status`` and ``down`` read it.
+    """
+    return [n for n in layout["nodes"] if shard is None or n["shard"] == shard]
+
+
+def peer_entries(state_dir: Path, layout: dict[str, Any], shard: int) -> list[dict[str, str]]:
+    """``[[peers]]`` of a node config: every recorded member of ``shard`` with its link key."""
+    secrets_dir = state_dir / "secrets"
+    return [{**{k: p[k] for k in ("node_id", "datacenter", "raft_address", "grpc_address")},
+             "link_public_key": node_link_key(secrets_dir, p["node_id"])[1]}
+            for p in members(layout, shard)]
+
+
+def node_config(state_dir: Path, layout: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """One node's TOML content: the template of every node of the local cluster.
+
+    ``[[peers]]`` is the node's bootstrap list (used while it has no Raft state):
+    the shard's recorded members, which include ``node`` itself.
+    """
+    secrets_dir = state_dir / "secrets"
+    link_key_file = node_link_key(secrets_dir, node["node_id"])[0]
+    peers = peer_entries(state_dir, layout, node["shard"])
+    if not any(p["node_id"] == node["node_id"] for p in peers):
+        raise LauncherError(f"{node['node_id']} is not a recorded member of its shard")
+    return {
+        **{k: node[k] for k in ("node_id", "datacenter", "shard", "grpc_address",
+                                "raft_address", "metrics_address")},
+        "data_dir": str(state_dir / "nodes" / node["node_id"]),
+        "fleet_file": str(state_dir / "fleet" / "fleet.sealed"),
+        "master_key_file": str(secrets_dir / "master.key"),
+        "transport_secret_file": str(secrets_dir / "transport.secret"),
+        "link_key_file": str(link_key_file),
+        "attempt_limit": layout["attempt_limit"],
+        "allow_identity_ksf": layout["allow_identity_ksf"],
+        "log_format": "json",
+        **(tls_config_keys(state_dir / TLS_DIR / node["node_id"]) if layout.get("tls") else {}),
+        "peers": peers,
+    }
+
+
+def chatd_shards(layout: dict[str, Any]) -> list[dict[str, Any]]:
+    """ChatD's ``[[shards]]``: each shard's recorded members' gRPC addresses."""
+    return [{"id": s, "nodes": [n["grpc_address"] for n in members(layout, s)]}
+            for s in range(layout["shards"])]
+
+
+def chatd_config(state_dir: Path, layout: dict[str, Any], chatd: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """One ChatD's TOML content."""
+    signing = bytes.fromhex(
+        (state_dir / "secrets" / "token-signing.key").read_text("ascii").strip())
+    return {
+        "listen": chatd["listen"],
+        "datacenter": chatd["datacenter"],
+        "token_public_key": tokens.public_key_from(signing).hex(),
+        "deadline_seconds": CHATD_DEADLINE_SECONDS,
+        "rate_limit": {"per_account_per_second": CHATD_RATE_PER_SECOND,
+                       "burst": CHATD_BURST},
+        "shards": chatd_shards(layout),
+        "log_format": "json",
+        "metrics_address": chatd["metrics_address"],
+        "status_address": chatd["status_address"],
+        "peer_status_addresses": [c["status_address"] for c in layout["chatd"]
+                                  if c is not chatd and c.get("status_address")],
+        **(tls_config_keys(state_dir / TLS_DIR / chatd["name"]) if layout.get("tls") else {}),
+    }
+
+
+def write_new_file(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` unless it exists; whether it was written."""
+    try:
+        with open(path, "x", encoding="utf-8") as out:
+            out.write(text)
+    except FileExistsError:
+        return False
+    return True
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` atomically (a reader sees the old or the new file, never half)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, "utf-8")
+    os.replace(tmp, path)
+
+
+def update_config_key(path: Path, key: str, value: Any) -> None:
+    """Set one top-level key of an existing TOML config, keeping every other key."""
+    try:
+        raw = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise LauncherError(f"cannot update {path}: {err}") from None
+    raw[key] = value
+    replace_file(path, tomli_w.dumps(raw))
+
+
+def write_configs(state_dir: Path, layout: dict[str, Any]) -> list[Path]:
+    """Node TOMLs, ChatD TOMLs (config/) and client.toml that are missing, from the layout.
+
+    An existing config is never rewritten: it is the running process's, and only a
+    membership change (:func:`update_config_key` on ``peers`` / ``shards``) edits it.
     The layout has its ops ports (:func:`add_ops_ports`) and says whether it uses TLS.
+    Returns the files written.
     """
     secrets_dir = state_dir / "secrets"
     use_tls = bool(layout.get("tls"))
     config_dir = state_dir / "config"
-    link_keys = {n["node_id"]: node_link_key(secrets_dir, n["node_id"]) for n in layout["nodes"]}
-    for node in layout["nodes"]:
-        peers = [{**{k: p[k] for k in ("node_id", "datacenter", "raft_address", "grpc_address")},
-                  "link_public_key": link_keys[p["node_id"]][1]}
-                 for p in layout["nodes"] if p["shard"] == node["shard"]]
-        cfg = {
-            **{k: node[k] for k in ("node_id", "datacenter", "shard", "grpc_address",
-                                    "raft_address", "metrics_address")},
-            "data_dir": str(state_dir / "nodes" / node["node_id"]),
-            "fleet_file": str(state_dir / "fleet" / "fleet.sealed"),
-            "master_key_file": str(secrets_dir / "master.key"),
-            "transport_secret_file": str(secrets_dir / "transport.secret"),
-            "link_key_file": str(link_keys[node["node_id"]][0]),
-            "attempt_limit": layout["attempt_limit"],
-            "allow_identity_ksf": layout["allow_identity_ksf"],
-            "log_format": "json",
-            **(tls_config_keys(state_dir / TLS_DIR / node["node_id"]) if use_tls else {}),
-            "peers": peers,
-        }
-        (config_dir / f"{node['node_id']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")
-    signing = bytes.fromhex((secrets_dir / "token-signing.key").read_text("ascii").strip())
-    shards = [{"id": s, "nodes": [n["grpc_address"] for n in layout["nodes"] if n["shard"] == s]}
-              for s in range(layout["shards"])]
+    written = []
+    for node in members(layout):
+        path = config_dir / f"{node['node_id']}.toml"
+        if not path.exists() and write_new_file(
+                path, tomli_w.dumps(node_config(state_dir, layout, node))):
+            written.append(path)
     for chatd in layout["chatd"]:
-        cfg = {
-            "listen": chatd["listen"],
-            "datacenter": chatd["datacenter"],
-            "token_public_key": tokens.public_key_from(signing).hex(),
-            "deadline_seconds": CHATD_DEADLINE_SECONDS,
-            "rate_limit": {"per_account_per_second": CHATD_RATE_PER_SECOND,
-                           "burst": CHATD_BURST},
-            "shards": shards,
-            "log_format": "json",
-            "metrics_address": chatd["metrics_address"],
-            "status_address": chatd["status_address"],
-            "peer_status_addresses": [c["status_address"] for c in layout["chatd"]
-                                      if c is not chatd and c.get("status_address")],
-            **(tls_config_keys(state_dir / TLS_DIR / chatd["name"]) if use_tls else {}),
-        }
-        (config_dir / f"{chatd['name']}.toml").write_text(tomli_w.dumps(cfg), "utf-8")
+        path = config_dir / f"{chatd['name']}.toml"
+        if not path.exists() and write_new_file(
+                path, tomli_w.dumps(chatd_config(state_dir, layout, chatd))):
+            written.append(path)
+    if (state_dir / "client.toml").exists():
+        return written
+    written.append(state_dir / "client.toml")
     ClientConfig(
         fleet_public_key=bytes.fromhex(layout["fleet_public_key"]),
         shard_count=layout["shards"],
@@ -251,3 +329,4 @@ def write_configs(state_dir: Path, layout: dict[str, Any]) -> None:
         ca_file=state_dir / TLS_DIR / tls.CA_FILE if use_tls else None,
         tls_server_name=tls.CHATD_SERVER_NAME if use_tls else None,
     ).save(state_dir / "client.toml")
+    return written

@@ -1,5 +1,10 @@
 """`bkv-chatd --config FILE`: run the ChatD front end until SIGTERM/SIGINT.
 
+SIGHUP re-reads the config and routes every shard to its (new) node list: the
+step after a membership change. Other changes need a restart; a config that
+can't be read, or changes the shard count, is refused and ChatD keeps routing
+as before.
+
 Exit codes (the table of ``bkv_tools.cli.exit_codes``): 0 clean stop, 2 bad
 configuration, 1 cannot listen.
 """
@@ -13,9 +18,13 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from bkv_ops.logs import LOG_FORMATS, configure_logging, pick_format
 from chatd_proxy.config import ChatDConfig, ConfigError
+
+if TYPE_CHECKING:
+    from chatd_proxy.server import ChatDServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bkv-chatd: {err}", file=sys.stderr)
         return 1
     stopping = threading.Event()
+    reloading = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("bkv.chatd").info("signal %d: shutting down", signum)
@@ -54,10 +64,24 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    while not stopping.wait(0.5):
-        pass
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reloading.set())
+    while not stopping.wait(0.1):
+        if reloading.is_set():
+            reloading.clear()
+            _reload(server, args.config)
     server.stop()
     return 0
+
+
+def _reload(server: ChatDServer, path: Path) -> None:
+    """SIGHUP: route to the node lists of the config as it is now on disk."""
+    log = logging.getLogger("bkv.chatd")
+    try:
+        changes = server.reload(ChatDConfig.load(path))
+    except (ConfigError, ValueError) as err:
+        log.error("reload refused, routing unchanged: %s", err)
+        return
+    log.info("reloaded %s: %s", path, "; ".join(changes) if changes else "no change")
 
 
 def _version() -> str:

@@ -37,9 +37,23 @@ class ShardProbe:
     def __init__(self, router: ShardRouter, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
         self._router = router
         self._timeout = timeout
-        # the router's short reconnect backoff: a node that comes back is seen within a second
-        self._channels = {a: open_channel(a, router.tls, CHANNEL_OPTIONS) for a in router.nodes}
-        self._stubs = {a: health_pb2_grpc.HealthStub(ch) for a, ch in self._channels.items()}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, health_pb2_grpc.HealthStub] = {}
+        self._follow_router()
+
+    def _follow_router(self) -> list[str]:
+        """Probe the router's current nodes (they change with the shard's membership)."""
+        nodes = list(self._router.nodes)
+        if set(nodes) != set(self._channels):
+            for address in [a for a in self._channels if a not in nodes]:
+                self._channels.pop(address).close()
+                self._stubs.pop(address)
+            for address in (a for a in nodes if a not in self._channels):
+                # the router's short reconnect backoff: a node that comes back is seen soon
+                channel = open_channel(address, self._router.tls, CHANNEL_OPTIONS)
+                self._channels[address] = channel
+                self._stubs[address] = health_pb2_grpc.HealthStub(channel)
+        return nodes
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -51,7 +65,7 @@ class ShardProbe:
         Asking all (not only the usual node) keeps the router's quorum view fresh,
         so a lost majority is named within a couple of seconds.
         """
-        return self._ask(list(self._router.nodes))
+        return self._ask(self._follow_router())
 
     def _ask(self, addresses: Sequence[str]) -> bool:
         request = health_pb2.HealthCheckRequest(service=VAULT_SERVICE_NAME)

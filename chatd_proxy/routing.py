@@ -13,6 +13,10 @@ be elected: ``forward`` then fails (after a failed try, or a leader stuck on a
 commit) with UNAVAILABLE and the trailing metadata
 ``bkv-no-quorum: "<unreachable>/<total>"`` instead of retrying until the
 deadline. A leader change (a majority still answering) is retried as before.
+
+The node list changes with the shard's membership: :meth:`ShardRouter.set_nodes`
+(ChatD calls it when SIGHUP makes it re-read its config) routes to the new list
+at once; a removed node is never tried again, nor followed as a leader hint.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ BACKOFF_START_SECONDS = 0.02
 BACKOFF_MAX_SECONDS = 0.5
 # Codes after which another node (or the same one, later) may succeed.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION}
+# A removed node's channel is closed this long after the change, once no call can use it.
+RETIRED_CHANNEL_SECONDS = 2 * PER_TRY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,9 @@ class ShardRouter:
         self.shard = shard
         self.tls = tls  # set: mutual TLS to the nodes, which must show a vault-node certificate
         self._on_retry = on_retry  # told of every try after the first (metrics)
-        self.nodes = tuple(nodes)
+        self.nodes = tuple(dict.fromkeys(nodes))
+        if not self.nodes:
+            raise ValueError(f"shard {shard}: no vault node to route to")
         self._lock = threading.Lock()
         self._leader: str | None = None
         self._next = 0
@@ -105,8 +113,42 @@ class ShardRouter:
         self._stubs = {addr: services_pb2_grpc.VaultStub(ch) for addr, ch in self._channels.items()}
 
     def close(self) -> None:
-        for channel in self._channels.values():
+        with self._lock:
+            channels = list(self._channels.values())
+        for channel in channels:
             channel.close()
+
+    def set_nodes(self, nodes: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Route to ``nodes`` from now on (the shard's members after a change).
+
+        Returns ``(added, removed)`` addresses. A removed node is forgotten at once:
+        no new try goes to it and its leader hints are ignored; its channel is
+        closed a little later, so a call already under way ends on its own.
+        """
+        wanted = tuple(dict.fromkeys(nodes))
+        if not wanted:
+            raise ValueError(f"shard {self.shard}: no vault node to route to")
+        with self._lock:
+            old = self._channels
+            added = [a for a in wanted if a not in old]
+            removed = [a for a in old if a not in wanted]
+            channels = {a: old[a] if a in old else open_channel(a, self.tls, CHANNEL_OPTIONS)
+                        for a in wanted}
+            self._stubs = {a: self._stubs[a] if a in self._stubs
+                           else services_pb2_grpc.VaultStub(channels[a]) for a in wanted}
+            self._channels = channels
+            self.nodes = wanted
+            if self._leader not in channels:
+                self._leader = None
+            self._seen = {a: seen for a, seen in self._seen.items() if a in channels}
+            self._next = 0
+        retired = [old[a] for a in removed]
+        if retired:
+            timer = threading.Timer(RETIRED_CHANNEL_SECONDS,
+                                    lambda: [ch.close() for ch in retired])
+            timer.daemon = True
+            timer.start()
+        return added, removed
 
     @property
     def leader(self) -> str | None:
@@ -136,6 +178,8 @@ class ShardRouter:
             target = self._pick()
             try:
                 reply = self._handle(target, request, min(remaining, PER_TRY_SECONDS))
+            except _Gone:
+                continue  # no longer a member: pick again from the current list
             except grpc.RpcError as err:
                 code = err.code()
                 answered = _answered(err)
@@ -170,7 +214,11 @@ class ShardRouter:
         (and a call that waited :data:`COMMIT_PATIENCE_SECONDS` already, well
         beyond a healthy commit) cancels the call and ends the forward with "no quorum".
         """
-        call = self._stubs[target].Handle.future(request, timeout=timeout)
+        with self._lock:
+            stub = self._stubs.get(target)
+        if stub is None:  # removed from the shard since it was picked
+            raise _Gone()
+        call = stub.Handle.future(request, timeout=timeout)
         started = time.monotonic()
         for _ in range(int(timeout / VIEW_POLL_SECONDS) + 2):
             try:
@@ -204,8 +252,8 @@ class ShardRouter:
         counts as lost, so the default stays "retry until the deadline".
         """
         now = time.monotonic() if now is None else now
-        total = len(self.nodes)
         with self._lock:
+            total = len(self.nodes)
             seen = [self._seen.get(a) for a in self.nodes]
         fresh = [s for s in seen if s is not None and now - s[1] <= VIEW_FRESH_SECONDS]
         if len(fresh) < total:
@@ -227,6 +275,8 @@ class ShardRouter:
     def _skip(self, target: str) -> None:
         """Make the round robin move past ``target``."""
         with self._lock:
+            if target not in self.nodes:
+                return
             if self.nodes[(self._next - 1) % len(self.nodes)] != target:
                 self._next = self.nodes.index(target) + 1
 
@@ -248,9 +298,10 @@ class ShardRouter:
 
     def status(self, timeout: float) -> list[tuple[str, services_pb2.NodeStatus | None]]:
         """Every node's ``Vault.Status`` (None for the unreachable), asked in parallel."""
-        futures = [(addr, self._stubs[addr].Status.future(services_pb2.StatusRequest(),
-                                                          timeout=timeout))
-                   for addr in self.nodes]
+        with self._lock:
+            stubs = dict(self._stubs)
+        futures = [(addr, stub.Status.future(services_pb2.StatusRequest(), timeout=timeout))
+                   for addr, stub in stubs.items()]
         results: list[tuple[str, services_pb2.NodeStatus | None]] = []
         for addr, future in futures:
             try:
@@ -258,6 +309,10 @@ class ShardRouter:
             except grpc.RpcError:
                 results.append((addr, None))
         return results
+
+
+class _Gone(Exception):
+    """The picked node left the shard's node list before the call went out."""
 
 
 def _leader_hint(err: grpc.RpcError) -> str | None:

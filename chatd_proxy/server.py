@@ -9,6 +9,7 @@ shards and status codes, never accounts, tokens or payloads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent import futures
@@ -70,6 +71,22 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
     def close(self) -> None:
         for router in self._routers:
             router.close()
+
+    def set_shards(self, shards: tuple[tuple[str, ...], ...]) -> list[str]:
+        """Route each shard to its new node list (after a membership change).
+
+        The number of shards can't change (accounts are hashed onto it); ValueError
+        then, and nothing changes. Returns one line per shard that changed.
+        """
+        if len(shards) != len(self._routers):
+            raise ValueError(f"the config has {len(shards)} shards, ChatD runs "
+                             f"{len(self._routers)}; the shard count needs a restart")
+        changes = []
+        for router, nodes in zip(self._routers, shards, strict=True):
+            added, removed = router.set_nodes(nodes)
+            if added or removed:
+                changes.append(f"shard {router.shard}: +{added} -{removed}")
+        return changes
 
     def Forward(
         self, request: envelope_pb2.SealedRequest, context: Any
@@ -193,6 +210,17 @@ class ChatDServer:
 
     def wait(self) -> None:
         self._server.wait_for_termination()
+
+    def reload(self, config: ChatDConfig) -> list[str]:
+        """Take the shards' node lists of a re-read config (SIGHUP); other keys need a restart.
+
+        Returns the changes made; ValueError (nothing changed) if the shard count differs.
+        """
+        changes = self.service.set_shards(config.shards)
+        if self.status_page is not None:
+            self.status_page.set_shards(config.shards)
+        self.config = dataclasses.replace(self.config, shards=config.shards)
+        return changes
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.stop()

@@ -104,6 +104,12 @@ class StatusPage:
         self._http: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
 
+    def set_shards(self, shards: Sequence[Sequence[str]]) -> None:
+        """The configured node addresses of each shard, after a membership change."""
+        with self._lock:
+            self._shards = [tuple(nodes) for nodes in shards]
+            self._cache = None
+
     def snapshot(self) -> dict[str, Any]:
         """The ``/status.json`` document (asked of the nodes at most once per second)."""
         with self._lock:

@@ -12,7 +12,8 @@ code  name             meaning
 3     WRONG_SECRET     wrong password or wrong key (a vault guess was counted)
 4     DESTROYED        the vault destroyed the deposit after too many guesses
 5     NOT_REGISTERED   the vault holds no deposit for this account
-6     DAMAGED          the data is damaged or tampered with
+6     DAMAGED          the data is damaged or tampered with; ``cluster status``:
+                       two members hold different states at one applied index
 7     STORAGE_MISSING  the storage, or the backup asked for, does not exist
 8     UNAVAILABLE      vault (ChatD, leader) or storage not reachable: try later
 9     NO_QUORUM        a vault shard lost its majority of nodes: try later
@@ -60,7 +61,7 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.WRONG_SECRET: "wrong password or wrong key",
     ExitCode.DESTROYED: "the vault destroyed the key (too many wrong passwords)",
     ExitCode.NOT_REGISTERED: "no key deposited for this account",
-    ExitCode.DAMAGED: "damaged or tampered data",
+    ExitCode.DAMAGED: "damaged or tampered data (cluster status: members' states differ)",
     ExitCode.STORAGE_MISSING: "storage or backup not found",
     ExitCode.UNAVAILABLE: "vault or storage unreachable: try later",
     ExitCode.NO_QUORUM: "the vault has no quorum: try later",
