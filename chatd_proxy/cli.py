@@ -14,10 +14,12 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from bkv_ops.console import quiet_on_closed_pipe
 from bkv_ops.logs import LOG_FORMATS, configure_logging, pick_format
 from chatd_proxy.config import ChatDConfig, ConfigError
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bkv-chatd", description="Front end that routes sealed envelopes to the vault."
