@@ -1,8 +1,8 @@
 """Prometheus metrics of one vault node, on a registry private to the process.
 
-Labels are drawn from small fixed sets (protocol step, outcome): never an account,
-account id, session id or anything else a client chooses, so a scrape reveals
-traffic volume and health but nobody's identity. Raft gauges are read at scrape
+Labels are drawn from small fixed sets (protocol step, outcome, attempt fate):
+never an account, account id, session id or anything else a client chooses, so a
+scrape reveals traffic volume and health but nobody's identity. Raft gauges are read at scrape
 time from :meth:`Replica.status`, so no thread has to keep them fresh.
 """
 
