@@ -156,6 +156,15 @@ def test_a_redelivered_ke1_is_one_attempt_with_one_fate(node: Node) -> None:
     assert _error(node.finish("dave", again)) == "ok"
     assert node.fates() == {"success": 1}
     node.check_every_attempt_has_one_fate()
+    # after a reset the same KE1 is a new guess: the session it replaces ends its own
+    old = opaque.client_start_login(b"guess")
+    node.start("dave", b"guess", old)
+    assert _error(node.finish("dave", node.start("dave", RIGHT))) == "ok"  # resets
+    node.start("dave", b"guess", old)
+    assert node.sample("bkv_vault_attempts_counted_total") == 4
+    assert node.fates() == {"success": 2, "interrupted": 1}
+    assert node.sample("bkv_vault_attempts_open") == 1
+    node.check_every_attempt_has_one_fate()
 
 
 def test_sessions_dropped_on_leadership_loss_are_interrupted(node: Node) -> None:

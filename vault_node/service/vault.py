@@ -20,6 +20,7 @@ the leader measurable CPU), failures and destructions stay INFO.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -290,15 +291,8 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             # which it was. A re-sent KE1 to the new leader is the same guess (free).
             self._attempt_ended(counted, "unanswered")
             self._abort_not_leader(context, self._replica.leader_address())
-        session_id = self._sessions.new_session_id()
-        previous = self._replace_guess_session(account_id, tag, session_id)
-        if previous is not None and previous.counted:
-            if counted:  # the counter was reset since: the old session's guess ends here
-                self._attempt_ended(True, "interrupted")
-            else:  # a re-delivered KE1: its guess lives on in the new session
-                counted = True
         session = LoginSession(
-            session_id=session_id,
+            session_id=self._sessions.new_session_id(),
             account=account,
             shard=self._cfg.shard,
             account_id=account_id,
@@ -310,7 +304,7 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             expires_at=self._sessions.deadline(),
             counted=counted,
         )
-        self._sessions.add(session)
+        self._add_guess_session(tag, session)
         log.debug("login started for %s (%d left%s)", account_id.hex()[:12], attempts_left,
                   ", guess already counted" if result.repeated else "")
         return pb.VaultReply(
@@ -367,23 +361,31 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
 
     # ---- housekeeping -------------------------------------------------------
 
-    def _replace_guess_session(
-        self, account_id: bytes, tag: bytes, session_id: bytes
-    ) -> LoginSession | None:
-        """Make ``session_id`` the only live session of this guess; drop and return the previous.
+    def _add_guess_session(self, tag: bytes, session: LoginSession) -> None:
+        """Make ``session`` the only live session of this guess; drop the previous one.
 
         The client behind a re-delivered KE1 sees only the last reply, so the
         earlier session can never be finished. A dropped last-attempt session
-        needs no destruction: its replacement is a last attempt too.
+        needs no destruction: its replacement is a last attempt too. The swap is
+        atomic, so concurrent deliveries of one KE1 leave exactly one session, and
+        a guess this node counted keeps its one fate in whichever session is left.
         """
+        key = (session.account_id, tag)
+        reset_since = False
         with self._guess_lock:
-            previous = self._guess_sessions.pop((account_id, tag), None)
-            self._guess_sessions[(account_id, tag)] = session_id
+            previous_id = self._guess_sessions.pop(key, None)
+            self._guess_sessions[key] = session.session_id
             while len(self._guess_sessions) > self._cfg.max_sessions:
                 self._guess_sessions.popitem(last=False)
-        if previous is None:
-            return None
-        return self._sessions.take(previous, account_id, self._cfg.shard)
+            previous = None if previous_id is None else self._sessions.take(
+                previous_id, session.account_id, session.shard)
+            if previous is not None and previous.counted:
+                # counted anew: the counter was reset since the previous delivery
+                reset_since = session.counted
+                session = dataclasses.replace(session, counted=True)
+            self._sessions.add(session)
+        if reset_since:  # the earlier delivery's own guess ends here
+            self._attempt_ended(True, "interrupted")
 
     def sweep_expired(self) -> int:
         """Drop expired sessions; a lapsed last attempt destroys the record. Returns count."""
