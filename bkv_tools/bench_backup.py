@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bkv_ops.console import quiet_on_closed_pipe
 from client_sdk.keys import BackupKey, write_key_file
 
 MB = 1000 * 1000
@@ -219,6 +220,7 @@ def _mark(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bkv bench backup", description=__doc__)
     parser.add_argument("--size-mb", type=int, default=BASE_MB, help="folder size (default 640)")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from bkv_ops.console import quiet_on_closed_pipe
 from client_sdk import age
 from client_sdk.keys import BackupKey, write_key_file
 
@@ -175,6 +176,7 @@ def _bkv_cli() -> list[str] | None:
     return [bkv] if probe.returncode == 0 else None
 
 
+@quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; ``argv=None`` means default settings (as `bkv bench files` runs it)."""
     parser = argparse.ArgumentParser(prog="bench_files", description=__doc__.splitlines()[0])

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from bkv_ops.console import quiet_on_closed_pipe
 from bkv_protocol import opaque
 from bkv_protocol.ksf import IDENTITY_KSF, KSF, PRODUCTION_KSF
 
@@ -120,6 +121,7 @@ def client_login(runs: int, ksf: KSF) -> str:
     return _line(f"client login [{ksf.descriptor}]", cpu, wall)
 
 
+@quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the figures; exit status 0. ``argv=None`` means defaults (not ``sys.argv``)."""
     parser = argparse.ArgumentParser(prog="python -m bkv_tools.bench_opaque", description=__doc__)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from bkv_ops.console import quiet_on_closed_pipe
 from vault_node.raft.harness import SECRET_ENV
 
 
@@ -103,6 +104,7 @@ def run(size: int, commits: int, concurrency: list[int], fsync: bool) -> list[di
     return rows
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=5)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from bkv_ops import tls, tls_certs
+from bkv_ops.console import quiet_on_closed_pipe
 
 
 def _custom_identities(args: argparse.Namespace) -> list[tls_certs.Identity]:
@@ -37,6 +38,7 @@ def _local_identities(state_dir: Path) -> list[tls_certs.Identity]:
         raise tls.TlsError(f"no readable local cluster layout in {state_dir}") from None
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bkv-certs",

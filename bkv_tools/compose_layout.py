@@ -49,6 +49,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bkv_api.v1 import services_pb2
 from bkv_ops import tls
 from bkv_ops.cluster_status import NodeIdentity, ask_chatds, format_table, rows_from_reply
+from bkv_ops.console import quiet_on_closed_pipe
 from bkv_ops.tls_certs import Identity
 from bkv_protocol import tokens
 from bkv_tools.launcher_layout import (
@@ -327,6 +328,7 @@ def format_status(reply: services_pb2.ClusterStatusReply,
     return format_table(rows_from_reply(reply, known))
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bkv_tools.compose_layout",

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from bkv_ops.console import quiet_on_closed_pipe
 from bkv_ops.logs import LOG_FORMATS, configure_logging, pick_format
 from chatd_proxy.config import ChatDConfig, ConfigError
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from chatd_proxy.server import ChatDServer
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bkv-chatd", description="Front end that routes sealed envelopes to the vault."

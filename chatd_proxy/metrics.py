@@ -1,8 +1,9 @@
 """Prometheus metrics of one ChatD, on a registry private to the process.
 
 ChatD forwards sealed traffic it cannot read, and its metrics keep to what it
-can see without identifying anyone: final gRPC status names, retries, rate-limit
-refusals and forwarding latency. No label ever carries an account or a token.
+can see without identifying anyone: final gRPC status names, the status that ended
+each relayed request and whether a vault node or ChatD itself gave it, retries,
+rate-limit refusals and forwarding latency. No label ever carries an account or a token.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ class ChatDMetrics(MetricsEndpoint):
             ["outcome"],
             registry=self.registry,
         )
+        self.relayed = Counter(
+            "bkv_chatd_vault_outcomes",
+            "Requests relayed to the vault, by the gRPC status that ended them: a vault "
+            "node's (source=vault), or ChatD's own when no node gave a final answer "
+            "(source=chatd)",
+            ["code", "source"],
+            registry=self.registry,
+        )
+        self.relayed.labels(code="OK", source="vault")
         self.retries = Counter(
             "bkv_chatd_retries",
             "Extra tries at vault nodes (leader hints, dead or slow nodes)",
@@ -55,6 +65,16 @@ class ChatDMetrics(MetricsEndpoint):
         """Count one Forward by its final status (``None`` means OK)."""
         name = "OK" if code is None else getattr(code, "name", "UNKNOWN")
         self.requests.labels(outcome=name if name in _STATUS_NAMES else "UNKNOWN").inc()
+
+    def vault_outcome(self, code: object, *, from_vault: bool) -> None:
+        """Count one relayed request by who ended it with which status (``None`` means OK).
+
+        ChatD can't read the sealed answers, so a wrong password is an OK here; the
+        codes tell "not leader", "no quorum" or a refused envelope from a healthy relay.
+        """
+        name = "OK" if code is None else getattr(code, "name", "UNKNOWN")
+        self.relayed.labels(code=name if name in _STATUS_NAMES else "UNKNOWN",
+                            source="vault" if from_vault else "chatd").inc()
 
     def refused(self, limit: str) -> None:
         """Count one rate-limit refusal; ``limit`` is ``"address"`` or ``"account"``."""

@@ -70,11 +70,14 @@ class VaultFailure(Exception):
     """The shard answered with a final error, or nobody answered in time.
 
     ``no_quorum`` is ``(unreachable, total)`` when the shard lost its majority.
+    ``from_vault`` says a vault node answered with ``code``; otherwise ChatD gave up
+    itself (deadline, no quorum) and ``code`` is its own.
     """
 
     code: grpc.StatusCode
     details: str
     no_quorum: tuple[int, int] | None = None
+    from_vault: bool = False
 
 
 def no_quorum_failure(unreachable: int, total: int) -> VaultFailure:
@@ -191,7 +194,7 @@ class ShardRouter:
                     self._skip(target)
                     continue
                 if code not in _RETRYABLE:
-                    raise VaultFailure(code, _final_details(err)) from None
+                    raise VaultFailure(code, _final_details(err), from_vault=True) from None
                 hint = _leader_hint(err) if code == grpc.StatusCode.FAILED_PRECONDITION else None
                 if self._follow(target, hint) and hops < len(self.nodes):
                     hops += 1

@@ -122,8 +122,9 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
         router = self._routers[request.shard]
         started = time.monotonic()
         try:
-            return router.forward(request, self._config.deadline_seconds)
+            response = router.forward(request, self._config.deadline_seconds)
         except VaultFailure as failure:
+            self.metrics.vault_outcome(failure.code, from_vault=failure.from_vault)
             log.info("shard %d: forward failed: %s", request.shard, failure.code.name)
             if failure.no_quorum is not None:
                 # tells the device "try later" at once; the sealed protocol is untouched
@@ -131,8 +132,13 @@ class ChatDService(services_pb2_grpc.ChatDServicer):  # type: ignore[misc]
                 context.set_trailing_metadata(
                     ((NO_QUORUM_METADATA_KEY, f"{unreachable}/{total}"),))
             _abort(context, failure.code, failure.details)
+        except Exception:
+            self.metrics.vault_outcome(grpc.StatusCode.UNKNOWN, from_vault=False)
+            raise
         finally:
             self.metrics.forwarded(started)
+        self.metrics.vault_outcome(None, from_vault=True)
+        return response
 
     def ClusterStatus(
         self, request: services_pb2.ClusterStatusRequest, context: Any

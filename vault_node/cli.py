@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from bkv_ops.console import quiet_on_closed_pipe
 from bkv_ops.logs import LOG_FORMATS, configure_logging, pick_format
 from vault_node.config import ConfigError, NodeConfig
 from vault_node.hsm.fleet import (
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -154,7 +154,7 @@ class VaultNode:
         self._server.stop(grace=2.0).wait(5.0)
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5.0)
-        self._sessions.drain()
+        self.service.drop_sessions()
         self._replica.close()
         self.metrics.close()
         log.info("node %s stopped", self.config.node_id)
@@ -167,7 +167,7 @@ class VaultNode:
         while not self._stop.wait(SWEEP_INTERVAL_SECONDS):
             try:
                 if not self._replica.is_leader():
-                    self._sessions.drain()  # a deposed leader's sessions can't finish
+                    self.service.drop_sessions()  # a deposed leader's sessions can't finish
                     continue
                 self.service.sweep_expired()
                 self.service.sweep_exhausted()

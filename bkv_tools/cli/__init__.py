@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from bkv_ops.console import quiet_on_closed_pipe
 from bkv_tools.cli import (
     backup_cmd,
     bench_cmd,
@@ -45,6 +46,7 @@ def package_version() -> str:
         return "unknown"
 
 
+@quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bkv: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`| head`): quiet_on_closed_pipe ends it
+        raise
     except Exception as err:
         known = classify(err)  # an SDK error a command let through: still one line, its code
         if known is None:

@@ -22,6 +22,7 @@ code  name             meaning
 12    CONFIG           ChatD or the vault refused the setup (token, fleet key)
 13    ALREADY_REG...  the account already has a deposit (``--replace`` replaces it)
 130   INTERRUPTED      interrupted (Ctrl-C)
+141   CLOSED_PIPE      standard output closed early (``| head``): the rest was dropped
 ====  ===============  =========================================================
 
 Commands adopt it with :func:`classify`: it maps an exception of the SDK
@@ -32,6 +33,8 @@ or returns None for anything it does not know, which is then a bug to surface.
 from __future__ import annotations
 
 from enum import IntEnum
+
+from bkv_ops.console import CLOSED_PIPE_EXIT
 
 
 class ExitCode(IntEnum):
@@ -52,6 +55,7 @@ class ExitCode(IntEnum):
     CONFIG = 12
     ALREADY_REGISTERED = 13
     INTERRUPTED = 130
+    CLOSED_PIPE = CLOSED_PIPE_EXIT  # 141, every console script (bkv_ops.console)
 
 
 MEANINGS: dict[ExitCode, str] = {
@@ -70,6 +74,7 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.CONFIG: "setup refused: account token, fleet key or shard count",
     ExitCode.ALREADY_REGISTERED: "the account already has a deposit (--replace replaces it)",
     ExitCode.INTERRUPTED: "interrupted",
+    ExitCode.CLOSED_PIPE: "standard output closed early (e.g. `| head`), output cut short",
 }
 
 TRY_LATER = frozenset({ExitCode.UNAVAILABLE, ExitCode.NO_QUORUM, ExitCode.RATE_LIMITED})

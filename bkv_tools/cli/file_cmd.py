@@ -88,6 +88,8 @@ def run_encrypt(args: argparse.Namespace) -> int:
     with open_input(args.input) as src, atomic_output(output) as dst:
         try:
             age.encrypt(src, dst, [recipient])
+        except BrokenPipeError:  # OUT is a pipe whose reader left: end quietly, not an error
+            raise
         except OSError as err:
             raise CliError(f"I/O error: {err.strerror}", ExitCode.ERROR) from None
     return 0
@@ -109,6 +111,8 @@ def run_decrypt(args: argparse.Namespace) -> int:
             raise CliError(f"the file is damaged{where}", ExitCode.DAMAGED) from None
         except age.AgeError as err:
             raise CliError(f"can't decrypt {args.input}: {err}", ExitCode.DAMAGED) from None
+        except BrokenPipeError:  # OUT is a pipe whose reader left: end quietly, not an error
+            raise
         except OSError as err:
             raise CliError(f"I/O error: {err.strerror}", ExitCode.ERROR) from None
     return 0

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import BinaryIO
 
+from bkv_ops.console import quiet_on_closed_pipe
 from client_sdk.age import AgeError, decrypt, encrypt
 
 
@@ -25,6 +26,7 @@ def _read_identities(path: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+@quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client_sdk.age", description=__doc__)
     parser.add_argument("-d", "--decrypt", action="store_true")
@@ -47,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 encrypt(src, dst, args.recipient)
             dst.flush()
+    except BrokenPipeError:  # the reader of standard output went away: end quietly
+        raise
     except (AgeError, OSError) as err:
         print(f"age: error: {err}", file=sys.stderr)
         return 1

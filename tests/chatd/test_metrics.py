@@ -124,6 +124,10 @@ def test_chatd_counts_outcomes_retries_and_rate_limits(
     limited = samples[("bkv_chatd_requests_total", (("outcome", "RESOURCE_EXHAUSTED"),))]
     assert limited == 2
     assert samples[("bkv_chatd_rate_limited_total", ())] == 2
+    relayed = {labels: v for (name, labels), v in samples.items()
+               if name == "bkv_chatd_vault_outcomes_total" and v}
+    # every relayed request ended in the leader's OK; the refusals never reached a node
+    assert relayed == {(("code", "OK"), ("source", "vault")): 6 + BURST}
     assert samples[("bkv_chatd_retries_total", ())] >= 1
     assert samples[("bkv_chatd_forward_seconds_count", ())] >= 6
 

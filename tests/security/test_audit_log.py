@@ -11,6 +11,7 @@ copying the sealed record leaks it -- each is caught below.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -42,6 +43,7 @@ from vault_node.raft.audit import (
     format_time,
     read_audit,
 )
+from vault_node.raft.membership import Member, encode_change
 from vault_node.raft.replication import RaftConfig, ReplicatedVault
 from vault_node.raft.transport_cipher import LinkKey
 
@@ -148,6 +150,31 @@ def test_audit_file_is_idempotent_by_index_and_repairs_a_torn_tail(tmp_path: Pat
         list(read_audit(path))
     with pytest.raises(AuditError):
         AuditLog(path, fsync=False)
+
+
+def test_membership_changes_are_audited_by_index(tmp_path: Path) -> None:
+    """A committed member add/remove gets one line; a journal replay adds none."""
+    path = tmp_path / AUDIT_FILE
+    key = LinkKey.generate().public_hex
+    member = Member("dc3-n6", "dc3", "10.0.3.6:7000", "10.0.3.6:7100", key)
+    log = AuditLog(path, fsync=False)
+    log.record(1, _commands()[1], st.ApplyResult(st.Outcome.NOT_REGISTERED), 1000)
+    log.membership(2, encode_change("add", member))
+    log.membership(3, encode_change("rem", member))
+    log.membership(4, b"garbage")
+    log.close()
+    log = AuditLog(path, fsync=False)  # restart: the journal is applied again
+    for index, kind in ((2, "add"), (3, "rem")):
+        log.membership(index, encode_change(kind, member))
+    log.close()
+    lines = list(read_audit(path))
+    assert [x["index"] for x in lines] == [1, 2, 3, 4]
+    fingerprint = hashlib.sha256(bytes.fromhex(key)).hexdigest()[:16]
+    assert lines[1] == {"index": 2, "time": None, "event": "membership", "change": "add",
+                        "node": "dc3-n6", "datacenter": "dc3", "raft_address": "10.0.3.6:7000",
+                        "link_key_fingerprint": fingerprint}
+    assert lines[2]["change"] == "remove" and lines[2]["node"] == "dc3-n6"
+    assert lines[3] == {"index": 4, "time": None, "event": "membership", "outcome": "invalid"}
 
 
 def test_a_failed_write_never_raises_and_leaves_a_gap(tmp_path: Path) -> None:

@@ -6,6 +6,11 @@ leader stamped into the entry (``log_entries.encode_entry``), not this node's cl
 A line names the account only by its keyed account id (already a one-way hash
 of the account), never a sealed record, key, password or session.
 
+Raft membership changes (``member add``/``remove``) are entries too and get a
+``membership`` line when committed: the change, the member's node id, data center,
+Raft address and a fingerprint of its link public key. The leader stamps no time
+into membership entries, so their ``time`` is null.
+
 The file is append-only and idempotent by index: after a restart the node
 re-applies its journal and lines at or below the last audited index are
 skipped. Entries covered by a snapshot installed from the leader were never
@@ -19,6 +24,7 @@ re-audited, at restart. This keeps the audit off the commit path's fsyncs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -92,6 +98,40 @@ def audit_record(
     return record
 
 
+_CHANGE_NAMES = {"add": "add", "rem": "remove"}  # pysyncobj's names -> the audit's
+
+
+def link_key_fingerprint(link_key_hex: str) -> str | None:
+    """First 16 hex digits of SHA-256 over the raw link public key (None if unknown)."""
+    if not link_key_hex:
+        return None
+    return hashlib.sha256(bytes.fromhex(link_key_hex)).hexdigest()[:16]
+
+
+def membership_record(index: int, payload: bytes) -> dict[str, Any]:
+    """The audit line for a committed membership entry (``membership.encode_change`` bytes).
+
+    Membership entries carry no leader timestamp, so ``time`` is null. A payload that
+    does not decode (pysyncobj ignores it too) is audited as ``outcome: invalid``.
+    """
+    from vault_node.raft.membership import decode_change  # keeps pysyncobj out of the CLI
+
+    record: dict[str, Any] = {"index": index, "time": None, "event": "membership"}
+    change = decode_change(payload)
+    if change is None:
+        record["outcome"] = "invalid"
+        return record
+    kind, member = change
+    record.update(
+        change=_CHANGE_NAMES[kind],
+        node=member.node_id,
+        datacenter=member.datacenter,
+        raft_address=member.raft_address,
+        link_key_fingerprint=link_key_fingerprint(member.link_key),
+    )
+    return record
+
+
 def gap_record(first: int, last: int, reason: str = "snapshot") -> dict[str, Any]:
     """Entries ``first..last`` have no lines here: installed by snapshot, or a failed write."""
     return {"index": last, "event": "gap", "first": first, "reason": reason}
@@ -146,6 +186,12 @@ class AuditLog:
         if index <= self.last_index:
             return
         self._append(encode_line(audit_record(index, command, result, time_ms)), index)
+
+    def membership(self, index: int, payload: bytes) -> None:
+        """Audit one committed membership entry, unless this index was audited before."""
+        if index <= self.last_index:
+            return
+        self._append(encode_line(membership_record(index, payload)), index)
 
     def snapshot_installed(self, last_index: int) -> None:
         """State jumped to ``last_index`` without applying entries: note the unaudited range."""

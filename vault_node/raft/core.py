@@ -358,6 +358,13 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         finally:
             self._bkv_member_keys = None
 
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
+        # Audit hook: pysyncobj applies a membership entry when it is appended and only
+        # passes it through here, with the other committed entries, once it commits.
+        if is_membership_entry(command):
+            self.bkv_audit.membership(int(self.raftLastApplied) + 1, command[1:])
+        return super()._SyncObj__doApplyCommand(command)
+
     @replicated  # type: ignore[untyped-decorator]
     def _bkv_apply(self, encoded: bytes) -> ApplyResult:
         """Apply one committed entry; a malformed one is a logged no-op, never a crash."""

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bkv_ops.console import quiet_on_closed_pipe
 from vault_node import state as st
 from vault_node.raft.membership import Member
 from vault_node.raft.replication import (
@@ -267,6 +268,7 @@ def _handle(vault: ReplicatedVault, request: dict[str, Any]) -> dict[str, Any]:
     return {"error": "unknown op"}
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--node-id", required=True)

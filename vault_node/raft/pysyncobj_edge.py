@@ -165,6 +165,7 @@ HOOKED_FUNCTIONS: dict[str, tuple[str, ...]] = {
     _S + "_SyncObj__sendAppendEntries": ("self",),
     _S + "_SyncObj__parseChangeClusterRequest": ("self", "command"),
     _S + "_SyncObj__doChangeCluster": ("self", "request", "reverse"),
+    _S + "_SyncObj__doApplyCommand": ("self", "command"),
     _S + "_SyncObj__updateClusterConfiguration": ("self", "newNodes"),
     _S + "_SyncObj__loadDumpFile": ("self", "clearJournal"),
     _S + "_SyncObj__getEntries": ("self", "fromIDx", "count", "maxSizeBytes"),
@@ -191,6 +192,9 @@ HOOKED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
                       "_SyncObj__raftElectionDeadline"),
     # the leader lease (replication.holds_leadership) reads when each follower answered
     _S + "_SyncObj__onMessageReceived": ("_SyncObj__lastResponseTime",),
+    # every committed entry, membership changes too, is applied through __doApplyCommand
+    # (core.VaultSyncObj audits membership there)
+    _S + "_SyncObj__applyLogEntries": ("_SyncObj__doApplyCommand",),
     # a snapshot's base entry is kept as a no-op (journal.base_entry)
     _S + "_SyncObj__onBecomeLeader": ("NO_OP",),
     # snapshots go through vault_node.raft.snapshotter.Snapshotter

@@ -1,8 +1,8 @@
 """Prometheus metrics of one vault node, on a registry private to the process.
 
-Labels are drawn from small fixed sets (protocol step, outcome): never an account,
-account id, session id or anything else a client chooses, so a scrape reveals
-traffic volume and health but nobody's identity. Raft gauges are read at scrape
+Labels are drawn from small fixed sets (protocol step, outcome, attempt fate):
+never an account, account id, session id or anything else a client chooses, so a
+scrape reveals traffic volume and health but nobody's identity. Raft gauges are read at scrape
 time from :meth:`Replica.status`, so no thread has to keep them fresh.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -35,6 +35,19 @@ _ERROR_OUTCOMES: dict[int, str] = {
     pb.VaultError.ALREADY_REGISTERED: "already_registered",
 }
 StatusSource = Callable[[], RaftStatus]
+# How a counted attempt (a guess this node counted with BeginAttempt) ended; each one
+# ends in exactly one. A client with a wrong password stops after KE2, so its guesses
+# end "lapsed" (or "destroyed" for the last one), never "wrong_password".
+FATES: dict[str, str] = {
+    "success": "KE3 verified: the deposit was released, or deleted at its owner's request",
+    "wrong_password": "KE3 sent and it failed verification",
+    "lapsed": "the login session expired without a KE3 in time",
+    "destroyed": "the attempt ended in the destruction of the record (its last guess)",
+    "superseded": "KE3 verified, but the deposit was replaced or erased meanwhile",
+    "interrupted": "the session was dropped unfinished: leadership lost, node stopped, "
+                   "or the outcome of a verified KE3 could not be committed",
+    "unanswered": "counted, but no KE2 left this node (leadership lost, record unreadable)",
+}
 OUTCOMES = frozenset({*_ERROR_OUTCOMES.values(), "ok", "not_leader", "unavailable", "invalid"})
 
 
@@ -100,6 +113,12 @@ class VaultMetrics(MetricsEndpoint):
             "Key deposits destroyed after the attempt limit",
             registry=self.registry,
         )
+        self.attempt_fates = Counter(
+            "bkv_vault_attempts",
+            "Counted attempts by how they ended (fate); a wrong-password client lapses",
+            ["fate"],
+            registry=self.registry,
+        )
         self.commit_seconds = Histogram(
             "bkv_raft_commit_seconds",
             "Time for a command to commit and apply through Raft",
@@ -109,10 +128,24 @@ class VaultMetrics(MetricsEndpoint):
         for step in STEPS.values():  # export zeros, so dashboards see every series
             for outcome in OUTCOMES:
                 self.requests.labels(step=step, outcome=outcome)
+        for fate in FATES:
+            self.attempt_fates.labels(fate=fate)
 
     def watch_raft(self, status: StatusSource) -> None:
         """Export the Raft gauges, read from ``status()`` at every scrape."""
         self.registry.register(_RaftCollector(status))
+
+    def watch_open_attempts(self, count: Callable[[], int]) -> None:
+        """Export the counted attempts still open (a session waiting for its KE3)."""
+        gauge = Gauge("bkv_vault_attempts_open",
+                      "Counted attempts whose login session is still open",
+                      registry=self.registry)
+        gauge.set_function(lambda: float(count()))
+
+    def attempt_ended(self, fate: str) -> None:
+        """Record the fate of one counted attempt (called exactly once per attempt)."""
+        if fate in FATES:
+            self.attempt_fates.labels(fate=fate).inc()
 
     def request(self, message_type: int, outcome: str) -> None:
         step = STEPS.get(message_type)

@@ -3,7 +3,8 @@
 A session is single use and short lived. It is never replicated: after a leader
 change the client simply starts again (its guess was already counted). Sessions
 for an account's last allowed attempt are remembered as such, so that a wrong
-KE3 *or* an expiry destroys the record.
+KE3 *or* an expiry destroys the record. Every session leaves the table through
+``take``, ``sweep`` or ``drain``, so the service can give each counted guess one fate.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class LoginSession:
     attempts_left: int
     last_attempt: bool
     expires_at: float
+    # True when this session carries a guess this node counted (not a free re-delivery
+    # of one counted before): its end is the attempt's fate in the metrics
+    counted: bool = False
 
 
 class SessionTable:
@@ -58,6 +62,11 @@ class SessionTable:
     @staticmethod
     def new_session_id() -> bytes:
         return secrets.token_bytes(SESSION_ID_BYTES)
+
+    def open_counted(self) -> int:
+        """Sessions whose guess this node counted and whose fate is still open."""
+        with self._lock:
+            return sum(1 for s in self._sessions.values() if s.counted)
 
     def deadline(self) -> float:
         return self._clock() + self._ttl

@@ -20,6 +20,7 @@ the leader measurable CPU), failures and destructions stay INFO.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -119,6 +120,8 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         # the term this node last swept in, and when it first swept in it
         self._sweep_term = -1
         self._sweep_term_since = 0.0
+        if metrics is not None:
+            metrics.watch_open_attempts(sessions.open_counted)
 
     # ---- gRPC entry points -------------------------------------------------
 
@@ -266,6 +269,7 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
     ) -> pb.VaultReply:
         term = self._replica.term()
         result = self._submit(st.BeginAttempt(account_id, tag))
+        counted = result.outcome == st.Outcome.GRANTED and not result.repeated
         if result.outcome == st.Outcome.NOT_REGISTERED:
             raise _Reply(_Code.NOT_REGISTERED, "account not registered")
         if result.outcome == st.Outcome.DESTROYED:
@@ -281,13 +285,14 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
                 account, account_id, record_id, result.sealed_record, body.ke1
             )
         except (ProtocolError, HsmError) as err:
-            if last:
-                self._destroy_if_exhausted(account_id, record_id)
+            destroyed = last and self._destroy_if_exhausted(account_id, record_id)
+            self._attempt_ended(counted, "destroyed" if destroyed else "unanswered")
             what = "malformed KE1" if isinstance(err, ProtocolError) else "record unreadable"
             raise _Reply(_Code.BAD_REQUEST, what, attempts_left) from None
         if not self._replica.holds_leadership(term):
             # The guess is counted; a KE2 leaves only a node still leading the term in
             # which it was. A re-sent KE1 to the new leader is the same guess (free).
+            self._attempt_ended(counted, "unanswered")
             self._abort_not_leader(context, self._replica.leader_address())
         session = LoginSession(
             session_id=self._sessions.new_session_id(),
@@ -300,9 +305,9 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
             attempts_left=attempts_left,
             last_attempt=last,
             expires_at=self._sessions.deadline(),
+            counted=counted,
         )
-        self._sessions.add(session)
-        self._replace_guess_session(account_id, tag, session.session_id)
+        self._add_guess_session(tag, session)
         log.debug("login started for %s (%d left%s)", account_id.hex()[:12], attempts_left,
                   ", guess already counted" if result.repeated else "")
         return pb.VaultReply(
@@ -320,52 +325,87 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
         session = self._sessions.take(body.session_id, account_id, self._cfg.shard)
         if session is None:
             raise _Reply(_Code.SESSION_EXPIRED, "login session unknown or expired")
+        fate = "interrupted"  # unless an answer below is decided: e.g. a commit that failed
+        try:
+            fate, reply = self._finish_session(session, body, account, account_id)
+            return reply
+        finally:
+            self._attempt_ended(session.counted, fate)
+
+    def _finish_session(
+        self, session: LoginSession, body: pb.LoginFinish, account: str, account_id: bytes
+    ) -> tuple[str, pb.VaultReply]:
+        """LOGIN_FINISH on a session taken from the table: the reply, and the guess's fate."""
         if self._sessions.expired(session):
-            self._expire(session)
-            raise _Reply(_Code.SESSION_EXPIRED, "login session expired", session.attempts_left)
+            fate = "destroyed" if self._expire(session) else "lapsed"
+            return fate, _error(_Code.SESSION_EXPIRED, "login session expired",
+                                session.attempts_left)
         try:
             verified = self._hsm.finish_login(session.server_state, body.ke3)
         except ProtocolError:
-            if session.last_attempt:
-                self._destroy_if_exhausted(account_id, session.record_id)
+            destroyed = session.last_attempt and self._destroy_if_exhausted(
+                account_id, session.record_id)
             log.info("login failed for %s", account_id.hex()[:12])
-            raise _Reply(_Code.LOGIN_FAILED, "wrong password", session.attempts_left) from None
+            return ("destroyed" if destroyed else "wrong_password",
+                    _error(_Code.LOGIN_FAILED, "wrong password", session.attempts_left))
         if body.delete_deposit:  # the verified login authorises erasing this record
             result = self._submit(st.Delete(account_id, session.record_id))
             if result.outcome != st.Outcome.OK:
-                raise _Reply(_Code.SESSION_EXPIRED, "record changed during login")
+                return "superseded", _error(_Code.SESSION_EXPIRED, "record changed during login")
             log.info("deleted the deposit of %s at its owner's request", account_id.hex()[:12])
-            return pb.VaultReply(login_finish=pb.LoginFinishReply(deleted=True))
+            return "success", pb.VaultReply(login_finish=pb.LoginFinishReply(deleted=True))
         result = self._submit(st.ResetAttempts(account_id, session.record_id))
         if result.outcome != st.Outcome.OK:
             # The record was replaced or erased meanwhile: release nothing.
-            raise _Reply(_Code.SESSION_EXPIRED, "record changed during login")
+            return "superseded", _error(_Code.SESSION_EXPIRED, "record changed during login")
         sealed = self._hsm.release_deposit(verified, account, session.key_deposit)
         log.debug("login succeeded for %s", account_id.hex()[:12])
-        return pb.VaultReply(login_finish=pb.LoginFinishReply(sealed_deposit=sealed))
+        return "success", pb.VaultReply(login_finish=pb.LoginFinishReply(sealed_deposit=sealed))
 
     # ---- housekeeping -------------------------------------------------------
 
-    def _replace_guess_session(self, account_id: bytes, tag: bytes, session_id: bytes) -> None:
-        """Make ``session_id`` the only live session of this guess; drop the previous one.
+    def _add_guess_session(self, tag: bytes, session: LoginSession) -> None:
+        """Make ``session`` the only live session of this guess; drop the previous one.
 
         The client behind a re-delivered KE1 sees only the last reply, so the
         earlier session can never be finished. A dropped last-attempt session
-        needs no destruction: its replacement is a last attempt too.
+        needs no destruction: its replacement is a last attempt too. The swap is
+        atomic, so concurrent deliveries of one KE1 leave exactly one session, and
+        a guess this node counted keeps its one fate in whichever session is left.
         """
+        key = (session.account_id, tag)
+        reset_since = False
         with self._guess_lock:
-            previous = self._guess_sessions.pop((account_id, tag), None)
-            self._guess_sessions[(account_id, tag)] = session_id
+            previous_id = self._guess_sessions.pop(key, None)
+            self._guess_sessions[key] = session.session_id
             while len(self._guess_sessions) > self._cfg.max_sessions:
                 self._guess_sessions.popitem(last=False)
-        if previous is not None:
-            self._sessions.take(previous, account_id, self._cfg.shard)
+            previous = None if previous_id is None else self._sessions.take(
+                previous_id, session.account_id, session.shard)
+            if previous is not None and previous.counted:
+                # counted anew: the counter was reset since the previous delivery
+                reset_since = session.counted
+                session = dataclasses.replace(session, counted=True)
+            self._sessions.add(session)
+        if reset_since:  # the earlier delivery's own guess ends here
+            self._attempt_ended(True, "interrupted")
 
     def sweep_expired(self) -> int:
         """Drop expired sessions; a lapsed last attempt destroys the record. Returns count."""
         gone = self._sessions.sweep()
         for session in gone:
-            self._expire(session)
+            self._attempt_ended(session.counted,
+                                "destroyed" if self._expire(session) else "lapsed")
+        return len(gone)
+
+    def drop_sessions(self) -> int:
+        """Forget every session (leadership lost, or shutdown): none of them can finish here.
+
+        Their guesses stay counted; a client re-sends its KE1 to the new leader for free.
+        """
+        gone = self._sessions.drain()
+        for session in gone:
+            self._attempt_ended(session.counted, "interrupted")
         return len(gone)
 
     def sweep_exhausted(self) -> int:
@@ -413,9 +453,15 @@ class VaultService(services_pb2_grpc.VaultServicer):  # type: ignore[misc]
                 else:
                     del self._starting[account_id]
 
-    def _expire(self, session: LoginSession) -> None:
-        if session.last_attempt:
-            self._destroy_if_exhausted(session.account_id, session.record_id)
+    def _expire(self, session: LoginSession) -> bool:
+        """A session ran out: a lapsed last attempt destroys the record. True if it did."""
+        return session.last_attempt and self._destroy_if_exhausted(
+            session.account_id, session.record_id)
+
+    def _attempt_ended(self, counted: bool, fate: str) -> None:
+        """Give a guess this node counted its one fate (others were counted elsewhere)."""
+        if counted and self._metrics is not None:
+            self._metrics.attempt_ended(fate)
 
     def _destroy_if_exhausted(self, account_id: bytes, record_id: bytes) -> bool:
         # If it doesn't commit here, the leader's next exhausted-record sweep (or the
@@ -466,6 +512,12 @@ def guess_tag(account_id: bytes, blinded_element: bytes) -> bytes:
         raise ValueError("account id or blinded element has the wrong length")
     digest = hashlib.sha256(GUESS_TAG_LABEL + account_id + blinded_element).digest()
     return digest[: st.GUESS_TAG_BYTES]
+
+
+def _error(code: pb.VaultError.Code, message: str, attempts_left: int = 0) -> pb.VaultReply:
+    """A sealed protocol error, as a reply."""
+    return pb.VaultReply(error=pb.VaultError(code=code, message=message,
+                                             attempts_left=attempts_left))
 
 
 def _check_envelope(account: str, shard: int, mtype: int, my_shard: int, context: Any) -> None:
