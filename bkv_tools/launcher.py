@@ -349,8 +349,9 @@ class LocalCluster:
             if self.layout.get("tls"):
                 create_certs(self.state_dir / TLS_DIR, local_identities(self.layout))
             link_public = node_link_key(self.secrets_dir, node_id)[1]
-            replace_file(self.config_path(node_id),
-                         tomli_w.dumps(node_config(self.state_dir, self.layout, node)))
+            config = node_config(self.state_dir, self.layout, node)
+            config["join"] = True  # no campaign before the leader adds it: same leader, term
+            replace_file(self.config_path(node_id), tomli_w.dumps(config))
             self._spawn(node_id)
             self._wait_answering(node, end)
             member = Member(node_id, datacenter, node["raft_address"], node["grpc_address"],

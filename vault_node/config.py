@@ -82,6 +82,9 @@ class NodeConfig:
     # the software HSM's anti-rollback mark; None means next to master_key_file (never
     # in data_dir); the PKCS#11 backend keeps it in the token instead
     high_water_file: Path | None = None
+    # a node being added to a running shard: it never campaigns (and so never deposes
+    # the leader) until its own log makes it a member; harmless to leave set afterwards
+    join: bool = False
     log_format: str = ""  # "json" | "text"; "" picks text on a terminal, json otherwise
     # TLS (all three or none): set, the node serves only mutual TLS and admits a
     # client certificate from this CA with the ChatD or ops role
@@ -164,6 +167,7 @@ class NodeConfig:
             metrics_address=r.optional_address("metrics_address"),
             audit_file=r.optional_path("audit_file"),
             high_water_file=r.optional_path("high_water_file"),
+            join=r.boolean("join", default=False),
             log_format=r.choice("log_format", ("json", "text")),
             tls_cert_file=r.optional_path("tls_cert_file"),
             tls_key_file=r.optional_path("tls_key_file"),

@@ -94,6 +94,7 @@ class VaultNode:
                     bind_address=cfg.raft_bind,
                     audit_file=cfg.audit_file,
                     members=bootstrap_members(cfg.peers),
+                    join=cfg.join,
                 )
             )
         except RaftStartupError as err:

@@ -113,10 +113,20 @@ def register_and_recover(cluster: LocalCluster, account: str) -> None:
         assert vault.recover(account, PASSWORD) == KEY
 
 
+def _leader_and_term(cluster: LocalCluster) -> tuple[str, int]:
+    views = [v for v in cluster.status() if v.status is not None and v.status.role == "leader"]
+    assert len(views) == 1, [v.node_id for v in views]
+    assert views[0].status is not None
+    return views[0].node_id, int(views[0].status.term)
+
+
 def test_add_a_member(cluster: LocalCluster) -> None:
     register_and_recover(cluster, "before-add")
+    before = _leader_and_term(cluster)
     proc = bkv(cluster, "member", "add", ADDED)
     assert proc.returncode == 0, proc.stderr
+    # the new node never campaigned: the same leader leads the same term
+    assert _leader_and_term(cluster) == before
     assert ADDED in cluster.nodes(0)
     node = cluster.node(ADDED)
     assert node["datacenter"] == "dc3" and "pending" not in node

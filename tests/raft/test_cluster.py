@@ -184,3 +184,23 @@ def test_partitioned_leader_never_reports_success(raft_cluster: Callable[..., An
     c.wait_converged(c.nodes)
     _no_truncation(c)
     c.stop()
+
+
+@pytest.mark.parametrize("join", [True, False])
+def test_a_node_that_is_not_a_member_yet_never_campaigns(
+        raft_cluster: Callable[..., Any], join: bool) -> None:
+    """Two of five nodes up, one of them joining: no majority exists, so no campaign
+    succeeds -- a voter becomes a candidate again and again, a joiner never does."""
+    c = raft_cluster(5)
+    c.nodes[0].start()
+    joiner = c.nodes[4]
+    if join:
+        joiner.extra = [*joiner.extra, "--join"]
+    joiner.start()
+    deadline = time.monotonic() + 3.0  # ten election timeouts and more
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert joiner.status()["role"] != "leader"
+    c.stop()
+    campaigned = "-> candidate" in (joiner.data_dir.parent / f"{joiner.node_id}.log").read_text()
+    assert campaigned != join

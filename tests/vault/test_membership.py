@@ -279,3 +279,32 @@ def test_removal_below_three_members_is_refused(tmp_path: Path) -> None:
     with pytest.raises(MembershipError, match="below 3"):
         check_removal(three, "n0")
     assert check_removal([*three, Member("n3", "dc2", "127.0.0.1:9003", "")], "n3").node_id == "n3"
+
+
+
+def test_a_node_added_long_after_it_started_keeps_the_leader_and_term(tmp_path: Path) -> None:
+    """`join = true`, the procedure README gives: started well before `member add`, the
+    new node never campaigns, so the add keeps the leader and its term."""
+    with started_cluster(tmp_path, 3) as c:
+        first = c.configs[0]
+        cfg = new_node_config(c, "dc3-n4", "dc3")
+        cfg["join"] = True
+        Path(cfg["config_path"]).write_text(
+            tomli_w.dumps({k: v for k, v in cfg.items() if k != "config_path"}))
+        start_node(c, cfg)
+        time.sleep(3.0)  # many election timeouts with no leader heard from
+        before = _leader_term(c, first)
+        out = admin(first, "member", "add", "--node-id", "dc3-n4", "--datacenter", "dc3",
+                    "--raft-address", cfg["raft_address"], "--grpc-address", cfg["grpc_address"],
+                    "--link-public-key", cfg["link_public_key"], "--timeout", str(ADMIN_TIMEOUT))
+        assert out.returncode == 0, out.stderr
+        wait_caught_up(c, leader_grpc(members_json(first)), cfg["grpc_address"])
+        time.sleep(1.0)
+        assert _leader_term(c, first) == before
+
+
+def _leader_term(cluster: Cluster, cfg: dict[str, Any]) -> tuple[str, int]:
+    address = leader_grpc(members_json(cfg))
+    status = cluster.status(address)
+    assert status is not None and status.role == "leader"
+    return address, int(status.term)

@@ -501,6 +501,9 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self._bkv_snapshot_index = last_index
         members = members_from_plain(header.members) if header.members else None
         cluster = self._bkv_cluster() if members is None else [m.node() for m in members]
+        if members is not None:  # a snapshot without this node: it was removed (or never added)
+            me = self._SyncObj__selfNode
+            self.bkv_voter = any(node == me for node in cluster)
         return header.last, header.previous, cluster
 
     def _bkv_load_rows(self, path: Path) -> SnapshotHeader:

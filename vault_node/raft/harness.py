@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument("--snapshot-min-entries", type=int, default=5000)
     parser.add_argument("--snapshot-chunk-bytes", type=int, default=0)
+    parser.add_argument("--join", action="store_true", help="not a member yet: never campaign")
     parser.add_argument("--gate", type=Path, default=None, help="snapshot test gates (_Gates)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 members=harness_members(secret, sorted({*peers, args.self_address})),
                 fsync=not args.no_fsync,
                 snapshot_min_entries=args.snapshot_min_entries,
+                join=args.join,
             )
         )
     except (RaftStartupError, ValueError) as err:
