@@ -18,7 +18,8 @@ from bkv_api.v1 import services_pb2_grpc
 from bkv_ops.tls import ROLE_CHATD, ROLE_OPS, RoleGuard, ServerTls, TlsError
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.hsm.fleet import FleetHsm, HsmError
-from vault_node.hsm.pkcs11 import load_master_key
+from vault_node.hsm.high_water import HighWaterMark
+from vault_node.hsm.pkcs11 import load_master_key, node_high_water
 from vault_node.raft.membership import bootstrap_members
 from vault_node.raft.replication import RaftConfig, RaftStartupError, ReplicatedVault
 from vault_node.raft.transport_cipher import LinkKey, load_link_key
@@ -47,6 +48,7 @@ class _Prepared:
     hsm: FleetHsm
     transport_secret: bytes
     link_key: LinkKey
+    high_water: HighWaterMark
 
 
 def prepare(cfg: NodeConfig) -> _Prepared:
@@ -71,7 +73,11 @@ def prepare(cfg: NodeConfig) -> _Prepared:
         link_key = load_link_key(cfg)
     except ConfigError as err:
         raise StartupError(str(err)) from None
-    return _Prepared(hsm, secret, link_key)
+    try:
+        high_water = node_high_water(cfg, master)
+    except HsmError as err:
+        raise StartupError(str(err)) from None
+    return _Prepared(hsm, secret, link_key, high_water)
 
 
 class VaultNode:
@@ -95,6 +101,7 @@ class VaultNode:
                     audit_file=cfg.audit_file,
                     members=bootstrap_members(cfg.peers),
                     join=cfg.join,
+                    high_water=prepared.high_water,
                 )
             )
         except RaftStartupError as err:

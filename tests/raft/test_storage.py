@@ -132,6 +132,7 @@ def test_secure_delete_leaves_no_destroyed_record_in_any_file(tmp_path: Path) ->
     store.commit(durable=True)
     state.apply(st.BeginAttempt(b"a" * 32))
     state.apply(st.DestroyIfExhausted(b"a" * 32, b"1" * 16))
+    store.commit()
     store.erase_checkpoint()
     for f in tmp_path.iterdir():
         assert secret not in f.read_bytes(), f.name

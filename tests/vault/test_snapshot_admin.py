@@ -80,10 +80,16 @@ def test_snapshot_rebuilds_the_shard(cluster: Cluster) -> None:
     again = run_cli("snapshot", "take", "--config", first["config_path"], "--out", str(out_file))
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
 
-    # A live node's data dir is not empty: refused, nothing touched.
+    # A snapshot never goes into one member: refused, nothing touched.
     before = sorted(p.name for p in Path(first["data_dir"]).iterdir())
-    busy = run_cli("snapshot", "restore", "--config", first["config_path"], "--in", str(out_file))
-    assert busy.returncode == 2 and "not empty" in busy.stderr
+    one = run_cli("snapshot", "restore", "--config", first["config_path"], "--in", str(out_file))
+    assert one.returncode == 2 and "shard rebuild" in one.stderr
+    configs = [a for cfg in cluster.configs for a in ("--config", cfg["config_path"])]
+    alone = run_cli("shard", "rebuild", "--from", str(out_file), "--config",
+                    first["config_path"])
+    assert alone.returncode == 1 and "every member" in alone.stderr, alone.stderr
+    busy = run_cli("shard", "rebuild", "--from", str(out_file), *configs)
+    assert busy.returncode == 1 and "answers" in busy.stderr, busy.stderr
     assert sorted(p.name for p in Path(first["data_dir"]).iterdir()) == before
 
     running = run_cli("snapshot", "take", "--offline", "--config", first["config_path"],
@@ -101,21 +107,24 @@ def test_snapshot_rebuilds_the_shard(cluster: Cluster) -> None:
     offline = open_sealed(master, cluster.fleet_public_key, offline_file.read_bytes())
     assert offline.state == online.state
     assert offline.last_entry[0] >= online.last_entry[0]
-    for cfg in cluster.configs:
-        shutil.rmtree(cfg["data_dir"])
 
-    # A tampered file is refused and writes nothing.
+    # A tampered file is refused and changes nothing.
     tampered = cluster.state / "tampered.snapshot"
     tampered.write_bytes(blob[:-20] + bytes(b ^ 1 for b in blob[-20:]))
-    bad = run_cli("snapshot", "restore", "--config", first["config_path"], "--in", str(tampered))
+    bad = run_cli("shard", "rebuild", "--from", str(tampered), *configs)
     assert bad.returncode == 2 and "does not open" in bad.stderr
     assert "Traceback" not in bad.stderr
-    assert not Path(first["data_dir"]).exists()
+    assert sorted(p.name for p in Path(first["data_dir"]).iterdir()) == before
 
-    for cfg in cluster.configs:
-        done = run_cli("snapshot", "restore", "--config", cfg["config_path"], "--in",
-                         str(out_file))
-        assert done.returncode == 0, done.stderr
+    # The newest state (taken offline): nothing to roll back, no override needed.
+    done = run_cli("shard", "rebuild", "--from", str(offline_file), *configs, "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["epoch"] == 1 and not result["accepted_rollback"]
+    assert result["rollback"]["attempts_after"] == 0
+    for cfg in cluster.configs:  # the old state is kept aside, never deleted
+        assert list(Path(cfg["data_dir"]).parent.glob(Path(cfg["data_dir"]).name
+                                                      + ".before-rebuild-*"))
     cluster.start()
     client = VaultTestClient(cluster.wait_for_leader(), cluster.fleet_public_key)
     try:

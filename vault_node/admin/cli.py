@@ -22,6 +22,7 @@ from vault_node.admin.client import (
     AdminRefusedError,
     AdminUnavailableError,
 )
+from vault_node.admin.rebuild import RebuildError, rebuild, targets_for
 from vault_node.config import ConfigError, NodeConfig, load_transport_secret
 from vault_node.hsm.fleet import FleetHsm, HsmError, MasterKeyBackend
 from vault_node.hsm.high_water import HighWaterDamaged
@@ -43,7 +44,6 @@ from vault_node.raft.snapshot_file import (
     SnapshotFileError,
     contents_from_reply,
     open_sealed,
-    restore_into,
     seal,
     write_file,
 )
@@ -167,7 +167,15 @@ def _snapshot_take(args: argparse.Namespace) -> None:
 
 
 def _snapshot_now(args: argparse.Namespace) -> None:
-    reply = _ask(args, [CMD_COMPACT])[1]
+    if args.local:
+        cfg = NodeConfig.load(args.config)
+        client, _seeds = _client(cfg)
+        try:
+            reply = client.request(cfg.raft_address, [CMD_COMPACT], args.timeout)
+        except AdminError as err:
+            raise _Fail(str(err), _admin_code(err)) from None
+    else:
+        reply = _ask(args, [CMD_COMPACT])[1]
     if args.json:
         print(json.dumps({"leader": reply.get("node", {}), "ok": True}))
     else:
@@ -175,18 +183,35 @@ def _snapshot_now(args: argparse.Namespace) -> None:
 
 
 def _snapshot_restore(args: argparse.Namespace) -> None:
-    cfg = NodeConfig.load(args.config)
-    master, fleet_public_key = _fleet(cfg)
-    try:
-        blob = args.input.read_bytes()
-    except OSError as err:
-        raise _Fail(f"cannot read {args.input}: {err.strerror}", EXIT_BAD_INPUT) from None
-    contents = open_sealed(master, fleet_public_key, blob)
-    members = bootstrap_members(cfg.peers)
-    path = restore_into(cfg.data_dir, contents, members)
-    print(f"restored {contents.accounts} accounts at log index {contents.last_entry[0]} "
-          f"into {path}; membership from {args.config} ({len(members)} members)")
+    del args
+    raise _Fail("a snapshot is never restored into one member (it would fork the shard and "
+                "give guesses back): rebuild the whole stopped shard with `bkv-vault-node shard "
+                "rebuild --from FILE --config NODE.toml ...` (every member's config), or let an "
+                "empty member catch up from the leader", EXIT_BAD_INPUT)
 
+
+def _shard_rebuild(args: argparse.Namespace) -> None:
+    configs = [NodeConfig.load(path) for path in args.config]
+    master, fleet_public_key = _fleet(configs[0])
+    try:
+        blob = args.source.read_bytes()
+    except OSError as err:
+        raise _Fail(f"cannot read {args.source}: {err.strerror}", EXIT_BAD_INPUT) from None
+    contents = open_sealed(master, fleet_public_key, blob)
+    try:
+        targets = targets_for(configs, load_master_key, node_high_water)
+        result = rebuild(contents, targets, accept_rollback=args.accept_rollback,
+                         say=(lambda _line: None) if args.json else print)
+    except RebuildError as err:
+        raise _Fail(str(err), EXIT_SECRET_REFUSED if err.rollback else EXIT_REFUSED) from None
+    except HsmError as err:
+        raise _Fail(f"HSM: {err}", EXIT_BAD_INPUT) from None
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(f"rebuilt {len(configs)} members with {contents.accounts} accounts at epoch "
+              f"{result['epoch']}; old data directories kept as *.before-rebuild-*; "
+              "start the members now")
 
 def _link_key_new(args: argparse.Namespace) -> None:
     """Write a fresh private link key (0600, never overwriting) and print its public half."""
@@ -286,7 +311,9 @@ def add_commands(sub: Any) -> None:
     show = lsub.add_parser("show", help="print the public half of the config's link key")
     show.add_argument("--config", type=Path, required=True, help="the node's node.toml")
     show.set_defaults(handler=_handle, action=_link_key_show)
-    snapshot = sub.add_parser("snapshot", help="take or restore a sealed snapshot")
+    _add_shard_commands(sub)
+    snapshot = sub.add_parser("snapshot", help="take a sealed snapshot, or make the leader "
+                                               "snapshot now")
     ssub = snapshot.add_subparsers(dest="snapshot_command", required=True)
     take = ssub.add_parser("take", help="seal the leader's applied state into a file")
     _common(take)
@@ -298,8 +325,10 @@ def add_commands(sub: Any) -> None:
                                       "its log now (it also does so by itself)")
     _common(now)
     now.add_argument("--json", action="store_true")
+    now.add_argument("--local", action="store_true",
+                     help="this config's own node instead of the leader")
     now.set_defaults(handler=_handle, action=_snapshot_now)
-    restore = ssub.add_parser("restore", help="restore into a stopped node's empty data dir")
+    restore = ssub.add_parser("restore", help="refused: use `shard rebuild` (a whole shard)")
     restore.add_argument("--config", type=Path, required=True, help="the node's node.toml")
     restore.add_argument("--in", dest="input", type=Path, required=True)
     restore.set_defaults(handler=_handle, action=_snapshot_restore)
@@ -313,6 +342,26 @@ def add_commands(sub: Any) -> None:
     hw_show.add_argument("--config", type=Path, required=True, help="the node's node.toml")
     hw_show.add_argument("--json", action="store_true", help="print the mark as JSON")
     hw_show.set_defaults(handler=_handle, action=_high_water_show)
+
+
+def _add_shard_commands(sub: Any) -> None:
+    shard = sub.add_parser("shard", help="operations on a whole shard")
+    shsub = shard.add_subparsers(dest="shard_command", required=True)
+    rebuild_p = shsub.add_parser(
+        "rebuild",
+        help="rebuild every member of a stopped shard from a sealed snapshot, at a new shard "
+             "identity; says what it rolls back. Exit 1: a member runs or is missing; "
+             "12: an HSM refuses an older snapshot (see --accept-rollback)")
+    rebuild_p.add_argument("--from", dest="source", type=Path, required=True,
+                           help="sealed snapshot (`snapshot take`)")
+    rebuild_p.add_argument("--config", type=Path, action="append", required=True,
+                           help="a member's node.toml; give every member of the shard")
+    rebuild_p.add_argument("--accept-rollback", action="store_true",
+                           help="rebuild even from a snapshot older than what the members' HSMs "
+                                "attested: every guess counted after it is given back; recorded "
+                                "in the audit trail with what was rolled back")
+    rebuild_p.add_argument("--json", action="store_true")
+    rebuild_p.set_defaults(handler=_handle, action=_shard_rebuild)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

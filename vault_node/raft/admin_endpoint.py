@@ -211,6 +211,8 @@ class AdminEndpoint:
             state=plain,
             last_entry=[int(entries[1][1]), int(entries[1][2])],
             previous_entry=[int(entries[0][1]), int(entries[0][2])],
+            epoch=obj.bkv_epoch(),
+            cluster_id=obj.bkv_cluster_id(),
         )
         respond(reply, None)
 

@@ -293,6 +293,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self._bkv_member_keys: frozenset[bytes] | None = None  # cache, None: recompute
         self.bkv_link = LinkPolicy(link, self.bkv_is_member_key)
         self.bkv_store = SqliteStore(snapshot_path.parent / DB_FILE, fsync=journal.fsync_enabled)
+        self.bkv_store.start_checkpointer()
         self.bkv_state = VaultState(self.bkv_store)
         self.bkv_state_lock = threading.RLock()
         # a node that is not (yet) a member never campaigns: it can't depose the leader
@@ -450,25 +451,44 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             self.bkv_store.commit(durable=True)
             return self.bkv_store.read_view()
 
+    def bkv_local_position(self) -> tuple[int, int]:
+        """(epoch, highest log index this node holds: journal, snapshot or state); (0, 0): none."""
+        journal = self.bkv_journal
+        index = max(journal[-1][1] if len(journal) else 0, self._bkv_snapshot_index,
+                    self.bkv_store.applied_index())
+        return self.bkv_epoch(), int(index)
+
+    def bkv_backlog(self, node: Any) -> int:
+        """Bytes queued on the connection to ``node`` and not yet taken by the socket."""
+        conn = self.bkv_transport()._connections.get(node)
+        return int(conn.getSendBufferSize()) if conn is not None else 0
+
+    def bkv_epoch(self) -> int:
+        """How many times this shard was rebuilt from a snapshot (0: never)."""
+        value = self.bkv_store.meta("epoch")
+        return value if isinstance(value, int) else 0
+
+    def bkv_cluster_id(self) -> str:
+        """The shard identity this node's state belongs to ("" before any rebuild)."""
+        value = self.bkv_store.meta("cluster_id")
+        return value if isinstance(value, str) else ""
+
     def bkv_header(self, view: ReadView, last: Any, previous: Any, cluster: Any) -> SnapshotHeader:
-        store = self.bkv_store
         members = members_to_plain(describe(node, self.bkv_known_members) for node in cluster)
         return SnapshotHeader(
             last=(bytes(last[0]), int(last[1]), int(last[2])), previous=base_entry(previous),
             state_index=view.applied_index, count=view.count,
             digest=state_digest(view.count, view.digest_sum), members=members,
-            cluster_id=str(store.meta("cluster_id") or ""),
-            epoch=int(store.meta("epoch") or 0),  # type: ignore[call-overload]
+            cluster_id=self.bkv_cluster_id(), epoch=self.bkv_epoch(),
             taken_at_ms=time.time_ns() // 1_000_000)
 
     def bkv_snapshot_written(self, header: SnapshotHeader, size: int) -> None:
         """Background thread: the file is complete; erase removed records' old pages."""
         self.bkv_snapshots_written += 1
         self.bkv_snapshot_bytes = size
-        if self._bkv_erase_requested:
+        if self._bkv_erase_requested:  # the removal was committed before the view opened
             self._bkv_erase_requested = False
-            with self.bkv_state_lock:
-                self.bkv_store.erase_checkpoint()
+            self.bkv_store.erase_checkpoint()
 
     def bkv_load_snapshot(self, path: Path, *, installed: bool) -> tuple[Any, Any, Any]:
         """Start-up or install: make the state database match the snapshot at ``path``.
@@ -554,6 +574,7 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             if self._bkv_durable:
                 fsync_dir(live.parent)
             self.bkv_store = SqliteStore(live, fsync=self._bkv_durable)
+            self.bkv_store.start_checkpointer()
             self.bkv_state = VaultState(self.bkv_store)
 
     # ---- membership -------------------------------------------------------------------

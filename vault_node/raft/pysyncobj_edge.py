@@ -127,6 +127,7 @@ HOOKED_FUNCTIONS: dict[str, tuple[str, ...]] = {
     _C + "__init__": ("self", "poller", "onMessageReceived", "onConnected", "onDisconnected",
                       "socket", "timeout", "sendBufferSize", "recvBufferSize", "keepalive"),
     _C + "send": ("self", "message"),
+    _C + "getSendBufferSize": ("self",),  # snapshot transfers wait for a slow member
     _C + "connect": ("self", "host", "port"),
     _C + "disconnect": ("self",),
     _C + "setOnConnectedCallback": ("self", "onConnected"),

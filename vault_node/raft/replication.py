@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vault_node.hsm.errors import HsmError
+from vault_node.hsm.high_water import HighWaterMark, LogPosition, RollbackRefused
 from vault_node.raft.admin_endpoint import AdminEndpoint
 from vault_node.raft.audit import AUDIT_FILE, AuditError, AuditLog
 from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY, TRUNCATION_MONITOR, VaultSyncObj
@@ -37,6 +39,7 @@ JOURNAL_FILE = "raft.journal"
 SNAPSHOT_FILE = "raft.snapshot"
 
 
+ATTEST_SECONDS = 2.0  # how often the applied position is attested to the HSM
 DNS_CACHE_SECONDS = 5.0  # pysyncobj's default of 600 s outlives a container's address
 
 
@@ -81,6 +84,7 @@ class RaftConfig:
     audit_file: Path | None = None  # the audit trail; None means data_dir / "audit.jsonl"
     link_key: LinkKey | None = field(default=None, repr=False)  # this node's own; required
     join: bool = False  # a node being added: no campaign until its log makes it a member
+    high_water: HighWaterMark | None = None  # the HSM's anti-rollback mark for this node
 
 
 def _link_key(config: RaftConfig) -> LinkKey:
@@ -219,12 +223,24 @@ class ReplicatedVault:
             journal._destroy()
             audit.close()
             raise RaftStartupError(f"cannot listen on {bind}") from err
+        try:
+            self._check_high_water()
+        except RaftStartupError:
+            self._obj.destroy()
+            with self._obj.bkv_state_lock:
+                self._obj.bkv_store.close()
+            audit.close()
+            raise
+        self._attested: LogPosition | None = None
         self._pending: set[_Waiter] = set()
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         self._obj.doTick(0.0)  # loads the snapshot and journal before anyone asks
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
         self._thread.start()
+        if config.high_water is not None:
+            threading.Thread(target=self._attest_loop, args=(config.high_water,),
+                             name="raft-attest", daemon=True).start()
         log.info(
             "raft node %s listening on %s as %s with %d peers",
             config.node_id,
@@ -232,6 +248,45 @@ class ReplicatedVault:
             config.self_address,
             len(peers),
         )
+
+    # ---- the HSM's anti-rollback mark ----------------------------------------------------
+
+    def _check_high_water(self) -> None:
+        """Refuse to start on a state older than this node's HSM already attested.
+
+        A node with no state at all is let through: it holds nothing to roll back
+        and catches up from the leader. Anything else must be at or past the mark.
+        """
+        mark = self._config.high_water
+        epoch, index = self._obj.bkv_local_position()
+        if mark is None or (epoch, index) == (0, 0):
+            return
+        try:
+            mark.check(LogPosition(epoch, index))
+        except RollbackRefused as err:
+            raise RaftStartupError(
+                f"the HSM refuses this node's state: {err}; its data directory was rolled "
+                "back (or belongs to an older epoch of the shard). Empty it to let the node "
+                "catch up from the leader, or rebuild the shard (bkv-vault-node shard rebuild)"
+            ) from None
+        except HsmError as err:
+            raise RaftStartupError(f"the HSM's anti-rollback mark is unusable: {err}") from None
+
+    def _attest_loop(self, mark: HighWaterMark) -> None:
+        """Tell the HSM how far this node's applied state got, every ``ATTEST_SECONDS``."""
+        failed_at = 0.0
+        while not self._stop.wait(ATTEST_SECONDS):
+            obj = self._obj
+            position = LogPosition(obj.bkv_epoch(), int(obj.raftLastApplied))
+            if position.index == 0 or (self._attested is not None and position <= self._attested):
+                continue
+            try:
+                mark.attest(position)
+                self._attested = position
+            except (HsmError, OSError) as err:
+                if time.monotonic() - failed_at > 60:
+                    failed_at = time.monotonic()
+                    log.error("cannot attest the applied position to the HSM: %s", err)
 
     # ---- the tick thread ----------------------------------------------------------------
 

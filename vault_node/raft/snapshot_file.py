@@ -57,6 +57,8 @@ class SnapshotContents:
     previous_entry: tuple[int, int]
     taken_at: int  # unix seconds
     source_node: str
+    epoch: int = 0  # the shard's epoch when taken (each rebuild starts the next one)
+    cluster_id: str = ""  # the shard identity it was taken from
 
     def __repr__(self) -> str:
         return (
@@ -78,6 +80,8 @@ class SnapshotContents:
             "previous_entry": list(self.previous_entry),
             "taken_at": self.taken_at,
             "source_node": self.source_node,
+            "epoch": self.epoch,
+            "cluster_id": self.cluster_id,
         }
 
     @classmethod
@@ -95,9 +99,12 @@ class SnapshotContents:
             if type(taken_at) is not int or not isinstance(source, str):
                 raise ValueError("malformed snapshot header")
             members = tuple(members_from_plain(plain["members"]))
+            epoch, cluster_id = plain.get("epoch", 0), plain.get("cluster_id", "")
+            if type(epoch) is not int or epoch < 0 or not isinstance(cluster_id, str):
+                raise ValueError("malformed shard identity")
         except (KeyError, TypeError, ValueError, MembershipError) as err:
             raise SnapshotFileError(f"snapshot contents are malformed ({err})") from None
-        return cls(state, members, last, previous, taken_at, source)
+        return cls(state, members, last, previous, taken_at, source, epoch, cluster_id)
 
 
 def _position(value: Any) -> tuple[int, int]:
@@ -111,7 +118,8 @@ def _position(value: Any) -> tuple[int, int]:
 
 
 def taken_now(
-    state: Any, members: Any, last_entry: Any, previous_entry: Any, source_node: str
+    state: Any, members: Any, last_entry: Any, previous_entry: Any, source_node: str,
+    epoch: Any = 0, cluster_id: Any = "",
 ) -> SnapshotContents:
     """Contents taken at this moment, from plain data; validated like a file's contents."""
     return SnapshotContents.from_plain({
@@ -122,6 +130,8 @@ def taken_now(
         "previous_entry": previous_entry,
         "taken_at": int(time.time()),
         "source_node": source_node,
+        "epoch": epoch,
+        "cluster_id": cluster_id,
     })
 
 
@@ -134,6 +144,8 @@ def contents_from_reply(reply: dict[str, Any]) -> SnapshotContents:
         reply.get("last_entry"),
         reply.get("previous_entry"),
         node.get("node_id", "") if isinstance(node, dict) else "",
+        reply.get("epoch", 0),
+        reply.get("cluster_id", ""),
     )
 
 

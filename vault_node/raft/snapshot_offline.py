@@ -1,7 +1,7 @@
 """Read a stopped node's data directory into snapshot contents, without writing to it.
 
-The state is the node's Raft snapshot plus the committed journal entries after
-it, applied exactly as the node would apply them on start-up. Journal entries
+The state is the node's state database plus the committed journal entries it
+does not hold yet, applied exactly as the node would apply them on start-up. Journal entries
 are pysyncobj pickles; they are decoded by an unpickler that refuses every
 global but a latin-1 bytes constructor, so a tampered disk can't run code here
 (an entry needing anything else is refused). Nothing in the directory is
@@ -16,13 +16,22 @@ from pathlib import Path
 
 from vault_node.raft import safe_pickle
 from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY
-from vault_node.raft.journal import Entry, load_meta, meta_path, read_records, read_snapshot
+from vault_node.raft.journal import (
+    SNAPSHOT_MAGIC_V1,
+    Entry,
+    load_meta,
+    meta_path,
+    read_records,
+    read_snapshot,
+)
 from vault_node.raft.log_entries import decode_entry
 from vault_node.raft.membership import Member
 from vault_node.raft.pysyncobj_edge import COMMAND_TYPE as _COMMAND_TYPE
 from vault_node.raft.replication import JOURNAL_FILE, SNAPSHOT_FILE
 from vault_node.raft.snapshot_file import SnapshotContents, SnapshotFileError, taken_now
-from vault_node.state import VaultState
+from vault_node.raft.snapshot_stream import read_header
+from vault_node.state import VaultState, state_digest
+from vault_node.storage.sqlite_store import DB_FILE, StoreError, read_only_view
 
 _REGULAR = bytes([_COMMAND_TYPE.REGULAR])
 
@@ -62,30 +71,54 @@ def _vault_entry(command: bytes) -> bytes | None:
 
 
 def read_data_dir(data_dir: Path, node_id: str, members: tuple[Member, ...]) -> SnapshotContents:
-    """The committed state of a stopped node's data directory as snapshot contents."""
-    state, first = VaultState(), 0
+    """The committed state of a stopped node's data directory as snapshot contents.
+
+    The state database, then the committed journal entries it does not hold yet,
+    applied exactly as the node would apply them on start-up.
+    """
+    state, applied, epoch, cluster_id = VaultState(), 0, 0, ""
     positions: list[tuple[int, int]] = []
-    snapshot = data_dir / SNAPSHOT_FILE
+    snapshot, db = data_dir / SNAPSHOT_FILE, data_dir / DB_FILE
     try:
         if snapshot.exists():
-            plain, last, previous = read_snapshot(snapshot)
-            plain.pop(SNAPSHOT_MEMBERS_KEY, None)
-            state = VaultState.from_plain(plain)
-            first = last[1]
+            legacy = snapshot.read_bytes()[:len(SNAPSHOT_MAGIC_V1)] == SNAPSHOT_MAGIC_V1
+            if legacy:
+                plain, last, previous = read_snapshot(snapshot)
+                plain.pop(SNAPSHOT_MEMBERS_KEY, None)
+                state, applied = VaultState.from_plain(plain), last[1]
+            else:
+                header = read_header(snapshot)
+                last, previous = header.last, header.previous
+                epoch, cluster_id = header.epoch, header.cluster_id
             positions = [(previous[1], previous[2]), (last[1], last[2])]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise SnapshotFileError(f"the node's snapshot {snapshot} is unusable") from None
+            if not legacy and not db.exists():
+                raise SnapshotFileError(f"{data_dir} has a snapshot but no state database")
+        if db.exists() and not applied:
+            with read_only_view(db) as view:
+                for batch in view.rows():
+                    for account_id, entry in batch:
+                        state.load_entry(account_id, entry)
+                applied = view.applied_index
+                meta_epoch, meta_id = view.meta.get("epoch"), view.meta.get("cluster_id")
+                epoch = meta_epoch if isinstance(meta_epoch, int) else epoch
+                cluster_id = meta_id if isinstance(meta_id, str) else cluster_id
+            if state.digest() != state_digest(view.count, view.digest_sum):
+                raise SnapshotFileError(f"the state database in {data_dir} is inconsistent")
+    except (OSError, ValueError, KeyError, TypeError, StoreError):
+        raise SnapshotFileError(f"the node's state in {data_dir} is unusable") from None
     journal = data_dir / JOURNAL_FILE
     commit = _commit_index(journal)
+    first = positions[-1][0] if positions else 0
     for command, idx, term in _journal_entries(journal):
-        if idx <= first or idx > commit:
+        if idx > commit:
             continue
-        encoded = _vault_entry(command)
+        encoded = _vault_entry(command) if idx > applied else None
         if encoded is not None:
             with contextlib.suppress(ValueError):  # a malformed entry is a no-op, as on the node
                 state.apply(decode_entry(encoded)[0])
-        positions.append((idx, term))
+        if idx > first:
+            positions.append((idx, term))
     if len(positions) < 2:
         raise SnapshotFileError(f"{data_dir} holds no committed state")
     return taken_now(state.to_plain(), [m.to_plain() for m in members],
-                     list(positions[-1]), list(positions[-2]), node_id)
+                     list(positions[-1]), list(positions[-2]), node_id, epoch, cluster_id)

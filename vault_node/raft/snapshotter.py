@@ -35,7 +35,12 @@ from vault_node.storage.sqlite_store import ReadView
 
 log = logging.getLogger("vault_node.raft")
 
-CHUNK_BYTES = 1 << 20  # one AppendEntries message of a snapshot transfer
+CHUNK_BYTES = 512 * 1024  # one AppendEntries message of a snapshot transfer
+# A chunk goes out only while less than this is still queued for the member: a slow
+# receiver must not pile the whole snapshot into the sender's connection buffer
+# (pysyncobj appends to one bytes object, so a growing backlog costs quadratic
+# copying on the Raft thread and stalls heartbeats past an election timeout).
+MAX_BACKLOG_CHUNKS = 2
 MAX_INCOMING_BYTES = 1 << 40
 
 
@@ -47,6 +52,7 @@ class SnapshotOwner(Protocol):
                    ) -> SnapshotHeader: ...
     def bkv_snapshot_written(self, header: SnapshotHeader, size: int) -> None: ...
     def bkv_load_snapshot(self, path: Path, *, installed: bool) -> tuple[Any, Any, Any]: ...
+    def bkv_backlog(self, node: Any) -> int: ...
 
 
 class Snapshotter:
@@ -147,6 +153,8 @@ class Snapshotter:
     # ---- sending ------------------------------------------------------------------------
 
     def getTransmissionData(self, node: Any) -> tuple[bytes, bool, bool] | bool | None:
+        if self._owner.bkv_backlog(node) >= MAX_BACKLOG_CHUNKS * self.chunk_bytes:
+            return None  # the member has not taken the previous chunks yet
         with self._lock:
             transfer = self._transfers.get(node)
             if transfer is None:

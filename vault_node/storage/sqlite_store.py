@@ -17,6 +17,11 @@ Raft journal, which is replayed from ``applied_index`` on start-up, and from
 ``secure_delete`` is on: a destroyed or replaced sealed record is overwritten
 in the database file, and ``erase_checkpoint`` truncates the write-ahead log so
 no older page image keeps it.
+
+Checkpoints (copying the write-ahead log into the database) never run on the
+writer: after a long snapshot read, the log may hold many megabytes, and
+copying them inside a commit would stall the Raft thread past an election
+timeout. A background thread checkpoints on its own connection instead.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ DB_FILE = "state.sqlite"
 SCHEMA_VERSION = 1
 _CACHE_KIB = 32 * 1024  # page cache per connection: bounded, whatever the shard holds
 ITEMS_BATCH = 2048
+CHECKPOINT_SECONDS = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -74,6 +80,7 @@ def connect(path: Path, *, fsync: bool = True) -> sqlite3.Connection:
     conn.execute("PRAGMA secure_delete=ON")
     conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
     conn.execute("PRAGMA journal_size_limit=0")  # a reset write-ahead log keeps no old pages
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # see the module docstring: never in a commit
     return conn
 
 
@@ -85,6 +92,10 @@ class SqliteStore:
         self._fsync = fsync
         self._lock = threading.RLock()
         self._in_tx = False
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointer: sqlite3.Connection | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not path.exists()
@@ -104,7 +115,36 @@ class SqliteStore:
             raise StoreError(f"{path} is not a usable state database: {err}") from None
         self.commit()
 
+    def start_checkpointer(self, interval: float = CHECKPOINT_SECONDS) -> None:
+        """Checkpoint the write-ahead log every ``interval`` seconds, off the writer."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._checkpoint_loop, args=(interval,),
+                                            name="state-checkpoint", daemon=True)
+            self._thread.start()
+
+    def _checkpoint_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            with contextlib.suppress(sqlite3.Error):
+                self.checkpoint()
+
+    def checkpoint(self, *, truncate: bool = False) -> None:
+        """Copy the log into the database on a separate connection (never blocks on the writer
+        for long: PASSIVE first; TRUNCATE waits at most for the writer's current commit)."""
+        with self._checkpoint_lock:
+            if self._checkpointer is None:
+                self._checkpointer = connect(self.path, fsync=self._fsync)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if truncate:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 self.commit()
@@ -159,10 +199,9 @@ class SqliteStore:
                     self._db.execute("PRAGMA synchronous=NORMAL")
 
     def erase_checkpoint(self) -> None:
-        """Copy the log into the database and truncate it: no stale page keeps a record."""
-        with self._lock:
-            self.commit()
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """Copy the committed log into the database and truncate it: no stale page image
+        keeps a removed record (what is committed by now; callers commit first)."""
+        self.checkpoint(truncate=True)
 
     # ---- StateStore -------------------------------------------------------------------
 
@@ -263,11 +302,28 @@ class SqliteStore:
             self._set_meta("count", self._count)
 
 
+def read_only_view(path: Path) -> ReadView:
+    """A read view of a stopped node's database, opened read-only (nothing is written)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("BEGIN")
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as err:
+        raise StoreError(f"{path} is not a usable state database: {err}") from None
+    applied, count, total = meta.get("applied_index"), meta.get("count"), meta.get("digest_sum")
+    view = ReadView(conn, applied if isinstance(applied, int) else 0,
+                    count if isinstance(count, int) else 0,
+                    int.from_bytes(total) if isinstance(total, bytes) else 0)
+    view.meta = meta
+    return view
+
+
 class ReadView:
     """A read transaction on its own connection: the state as of one applied index."""
 
     def __init__(self, conn: sqlite3.Connection, applied: int, count: int, digest_sum: int) -> None:
         self._conn = conn
+        self.meta: dict[str, object] = {}
         self.applied_index = applied
         self.count = count
         self.digest_sum = digest_sum
