@@ -242,16 +242,15 @@ class MemoryStore:
 _DIGEST_MODULUS = 1 << 256
 
 
+def entry_head(e: AccountEntry) -> bytes:
+    """The fixed-size part of an entry's encoding: counters, flags and lengths."""
+    return struct.pack(">HHBBI", e.attempts, e.limit, int(e.destroyed), len(e.guess_tags),
+                       len(e.sealed_record))
+
+
 def entry_bytes(account_id: bytes, e: AccountEntry) -> bytes:
     """The canonical encoding of one account's state (also the snapshot row format)."""
-    return (
-        account_id
-        + e.record_id
-        + struct.pack(">HHBBI", e.attempts, e.limit, int(e.destroyed), len(e.guess_tags),
-                      len(e.sealed_record))
-        + b"".join(e.guess_tags)
-        + e.sealed_record
-    )
+    return account_id + e.record_id + entry_head(e) + b"".join(e.guess_tags) + e.sealed_record
 
 
 def entry_hash(account_id: bytes, e: AccountEntry) -> int:

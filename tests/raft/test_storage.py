@@ -40,7 +40,7 @@ def _snapshot(store: SqliteStore, path: Path, state_index: int = 7) -> SnapshotH
             last=(b"\x02cmd", 9, 2), previous=(b"\x01", 8, 2), state_index=state_index,
             count=view.count, digest=st.state_digest(view.count, view.digest_sum),
             members=[], cluster_id="c1", epoch=1, taken_at_ms=1)
-        write_stream(path, header, view.rows(), durable=False)
+        write_stream(path, header, view.encoded_rows(), durable=False)
     return header
 
 
@@ -117,7 +117,7 @@ def test_a_header_that_lies_about_the_rows_is_refused(tmp_path: Path) -> None:
     with store.read_view() as view:
         header = SnapshotHeader((b"\x02", 9, 2), (b"\x01", 8, 2), 7, view.count,
                                 b"\0" * 32, [], "c", 0, 0)
-        write_stream(path, header, view.rows(), durable=False)
+        write_stream(path, header, view.encoded_rows(), durable=False)
     with pytest.raises(SnapshotFormatError, match="do not match"):
         read_stream(path, lambda _rows: None)
 

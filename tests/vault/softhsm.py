@@ -28,7 +28,8 @@ MODULE_CANDIDATES = (
     Path("/usr/local/lib/softhsm/libsofthsm2.so"),
 )
 # every token any module uses, initialised before the library is first loaded
-TOKENS = ("bkv-a", "bkv-b", "bkv-node", "bkv-other", "bkv-hw", "bkv-hw-b", "bkv-hw-cli")
+TOKENS = ("bkv-a", "bkv-b", "bkv-node", "bkv-other", "bkv-hw", "bkv-hw-b", "bkv-hw-cli",
+          "bkv-rebuild")
 KEY_LABEL = "bkv-master"
 SKIP_REASON = "softhsm2 is not installed (scripts/install-system-deps.sh installs it)"
 

@@ -251,7 +251,7 @@ def _write_member(cfg: NodeConfig, contents: SnapshotContents, members: tuple[Me
             members=members_to_plain(members), cluster_id=cluster_id, epoch=epoch,
             taken_at_ms=contents.taken_at * 1000)
         with store.read_view() as view:
-            write_stream(data_dir / SNAPSHOT_FILE, header, view.rows(), durable=True)
+            write_stream(data_dir / SNAPSHOT_FILE, header, view.encoded_rows(), durable=True)
     finally:
         store.close()
         for suffix in ("", "-wal", "-shm"):

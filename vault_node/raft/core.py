@@ -453,10 +453,12 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
 
     def bkv_local_position(self) -> tuple[int, int]:
         """(epoch, highest log index this node holds: journal, snapshot or state); (0, 0): none."""
-        journal = self.bkv_journal
-        index = max(journal[-1][1] if len(journal) else 0, self._bkv_snapshot_index,
-                    self.bkv_store.applied_index())
-        return self.bkv_epoch(), int(index)
+        journal, store = self.bkv_journal, self.bkv_store
+        last = journal[-1][1] if len(journal) else 0
+        if last <= 1 and not self._bkv_snapshot_index and not store.applied_index() \
+                and not store.count():
+            return 0, 0  # nothing but pysyncobj's first no-op: an empty node
+        return self.bkv_epoch(), int(max(last, self._bkv_snapshot_index, store.applied_index()))
 
     def bkv_backlog(self, node: Any) -> int:
         """Bytes queued on the connection to ``node`` and not yet taken by the socket."""

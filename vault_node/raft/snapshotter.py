@@ -121,7 +121,8 @@ class Snapshotter:
         ok = False
         try:
             with view:
-                size = write_stream(self._path, header, view.rows(), durable=self._durable)
+                size = write_stream(self._path, header, view.encoded_rows(),
+                                    durable=self._durable)
             self._owner.bkv_snapshot_written(header, size)
             ok = True
         except Exception:

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from vault_node.state import GUESS_TAG_BYTES, AccountEntry
+from vault_node.state import GUESS_TAG_BYTES, AccountEntry, entry_head
 
 DB_FILE = "state.sqlite"
 SCHEMA_VERSION = 1
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     attempts INTEGER NOT NULL,
     lim INTEGER NOT NULL,
     destroyed INTEGER NOT NULL,
-    tags BLOB NOT NULL
+    tags BLOB NOT NULL,
+    head BLOB NOT NULL  -- state.entry_head: a snapshot row is a concatenation in SQL
 );
 CREATE TABLE IF NOT EXISTS exhausted (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -216,9 +217,9 @@ class SqliteStore:
         with self._lock:
             self._begin()
             self._db.execute(
-                "INSERT OR REPLACE INTO accounts VALUES(?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO accounts VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                 (account_id, entry.record_id, entry.sealed_record, entry.attempts, entry.limit,
-                 int(entry.destroyed), b"".join(entry.guess_tags)))
+                 int(entry.destroyed), b"".join(entry.guess_tags), entry_head(entry)))
             if new:
                 self._count += 1
                 self._set_meta("count", self._count)
@@ -291,9 +292,9 @@ class SqliteStore:
         with self._lock:
             self._begin()
             self._db.executemany(
-                "INSERT INTO accounts VALUES(?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO accounts VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                 [(a, e.record_id, e.sealed_record, e.attempts, e.limit, int(e.destroyed),
-                  b"".join(e.guess_tags)) for a, e in rows])
+                  b"".join(e.guess_tags), entry_head(e)) for a, e in rows])
             self._db.executemany(
                 "INSERT INTO exhausted(account_id, record_id) VALUES(?, ?)",
                 [(a, e.record_id) for a, e in rows
@@ -327,6 +328,15 @@ class ReadView:
         self.applied_index = applied
         self.count = count
         self.digest_sum = digest_sum
+
+    def encoded_rows(self, batch: int = ITEMS_BATCH) -> Iterator[list[bytes]]:
+        """Each entry as ``state.entry_bytes``, in account-id order, built by SQLite itself
+        (a snapshot of millions of entries costs the Raft process little Python time)."""
+        cursor = self._conn.execute(
+            "SELECT CAST(account_id || record_id || head || tags || sealed AS BLOB) FROM accounts "
+            "ORDER BY account_id")
+        while rows := cursor.fetchmany(batch):
+            yield [r[0] for r in rows]
 
     def rows(self, batch: int = ITEMS_BATCH) -> Iterator[list[tuple[bytes, AccountEntry]]]:
         cursor = self._conn.execute(
