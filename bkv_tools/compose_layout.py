@@ -137,6 +137,9 @@ def node_config(name: str, datacenter: str, attempt_limit: int,
         "data_dir": str(IN_CONTAINER_DATA),
         "fleet_file": str(IN_CONTAINER_SECRETS / "fleet_sealed"),
         "master_key_file": str(IN_CONTAINER_SECRETS / "master_key"),
+        # the secret is read-only: the software HSM's anti-rollback mark lives on the
+        # node's volume, outside its data directory (a real HSM keeps it in the token)
+        "high_water_file": str(IN_CONTAINER_DATA.parent / "high-water"),
         "transport_secret_file": str(IN_CONTAINER_SECRETS / "transport_secret"),
         "link_key_file": str(IN_CONTAINER_SECRETS / "link_key"),
         "attempt_limit": attempt_limit,
