@@ -113,8 +113,9 @@ class Members:
 
     removed: str
     added: str
-    snapshots_loaded: int  # by the added member (an empty data dir: only by install)
+    snapshots_loaded: int  # by the added member (it started empty: installs only)
     caught_up_to: int
+    installed_through: int  # its audit trail's gap line for the first install (0: none)
 
 
 def _snapshot_now(cluster: LocalCluster, node: str) -> str:
@@ -155,7 +156,12 @@ def _replace_a_follower(cluster: LocalCluster) -> Members:
     assert added in {m.node_id for m in cluster.raft_members(0)}
     status = node_status(cluster.node(added)["grpc_address"], tls=cluster.vault_tls)
     assert status is not None, f"{added} does not answer after it was added"
-    return Members(follower, added, int(status.snapshots_loaded), int(status.last_applied))
+    audit = cluster.state_dir / "nodes" / added / "audit.jsonl"
+    gaps = [json.loads(line) for line in audit.read_text("utf-8").splitlines()
+            if '"gap"' in line]
+    installed = max((int(g["index"]) for g in gaps if g.get("reason") == "snapshot"), default=0)
+    return Members(follower, added, int(status.snapshots_loaded), int(status.last_applied),
+                   installed)
 
 
 def _load_with_leader_kill(cluster: LocalCluster, history: History) -> Run:
@@ -232,13 +238,15 @@ def test_real_history_passes_every_check(run: Run) -> None:
           + ("none" if recovery is None else f"{recovery - run.killed_at:.2f}s"))
     print(f"membership: removed {run.members.removed}, added {run.members.added} "
           f"(caught up to {run.members.caught_up_to}, "
-          f"{run.members.snapshots_loaded} snapshot(s) installed)")
+          f"{run.members.snapshots_loaded} snapshot(s) installed, the first through "
+          f"index {run.members.installed_through})")
     assert run.report.violations == []
     assert run.report.unknown == []
     assert len(run.digests) == 5 and all(run.digests.values())
     # the digests come from the members after the change: the new one, not the removed one
     assert run.members.added in run.digests and run.members.removed not in run.digests
     assert run.members.snapshots_loaded >= 1  # it caught up from the leader's snapshot
+    assert run.members.installed_through > 0  # ... which its audit trail records
     for kind, least in (("register:ok", 10), ("begin:ke2", 30), ("begin:destroyed", 2),
                         ("finish:gen", 10), ("finish:login_failed", 5)):
         assert counts.get(kind, 0) >= least, (kind, counts)
