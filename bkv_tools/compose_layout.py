@@ -175,9 +175,13 @@ def tls_identities(members: list[tuple[str, str]] | None = None) -> list[Identit
 
 
 def prepare(state_dir: Path, *, attempt_limit: int = 10,
-            allow_identity_ksf: bool = False, use_tls: bool = True,
+            allow_identity_ksf: bool | None = None, use_tls: bool = True,
             keep_ca_key: bool = True) -> ClientConfig:
     """Create what is missing in ``state_dir`` (secrets and fleet once), rewrite the configs.
+
+    ``allow_identity_ksf`` is recorded in layout.json; ``None`` keeps the recorded
+    choice (default off), so regenerating the configs after a membership change
+    keeps what the deployment was prepared with.
 
     ``use_tls`` (the default, and what ``deploy/docker-compose.yml`` expects): the
     certificates in ``tls/`` are made once; nodes serve mutual TLS, ChatDs TLS, and
@@ -199,6 +203,9 @@ def prepare(state_dir: Path, *, attempt_limit: int = 10,
         raise LauncherError(f"{layout_path} is damaged") from None
     if "fleet_public_key" not in layout:
         layout["fleet_public_key"] = init_fleet(state_dir)
+    if allow_identity_ksf is not None:
+        layout["allow_identity_ksf"] = allow_identity_ksf
+    identity_ksf = bool(layout.get("allow_identity_ksf", False))
     if not layout.get("members"):
         layout["members"] = [{"node_id": n, "datacenter": dc} for n, dc in default_members()]
     members = [(m["node_id"], m["datacenter"]) for m in layout["members"]]
@@ -211,7 +218,7 @@ def prepare(state_dir: Path, *, attempt_limit: int = 10,
     link_keys = {name: node_link_key(state_dir / "secrets", name)[1] for name, _ in members}
     for name, dc in members:
         toml = tomli_w.dumps(node_config(name, dc, int(layout["attempt_limit"]),
-                                         allow_identity_ksf, link_keys, members) | tls_keys)
+                                         identity_ksf, link_keys, members) | tls_keys)
         (config_dir / f"{name}.toml").write_text(toml, "utf-8")
     signing = bytes.fromhex(
         (state_dir / "secrets" / "token-signing.key").read_text("ascii").strip()

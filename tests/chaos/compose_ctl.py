@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from bkv_api.v1 import services_pb2
 from bkv_tools import compose_layout
+from bkv_tools.launcher_layout import LauncherError, node_link_key, update_config_key
 from client_sdk.config import ClientConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +33,9 @@ DOCKER_TIMEOUT = 60.0
 POLL_SECONDS = 0.25
 MAX_POLLS = 10_000  # hard cap on any wait loop, beside its deadline
 STATUS_TIMEOUT = 2.0
+NODE_CONFIG = "/etc/bkv/node.toml"  # a vault node's config, inside its container
+DATA_MOUNT = "/var/lib/bkv"  # a vault node's volume, inside its container
+ADMIN_TIMEOUT = 30.0  # `bkv-vault-node member|snapshot ... --timeout`
 
 
 class ComposeError(Exception):
@@ -110,6 +115,7 @@ class ComposeCluster:
     client: ClientConfig
     _ids: dict[str, str] = field(default_factory=dict)
     _wan_ips: dict[str, str] = field(default_factory=dict)  # of the disconnected containers
+    removed: dict[str, str] = field(default_factory=dict)  # members taken out: node -> DC
     divergence: str = ""  # the last view `converged` saw that did not agree
 
     @classmethod
@@ -302,8 +308,105 @@ class ComposeCluster:
         for s in todo:
             del self._wan_ips[s]
 
+    # ---- membership: Raft group changes through a member's own admin credentials ----
+
+    def admin(self, via: str, args: list[str]) -> str:
+        """``bkv-vault-node ARGS`` inside member ``via``'s container (as the service user,
+        with its node.toml: the transport secret and its link key); returns stdout."""
+        return run(["docker", "exec", "-u", "bkv", self.container(via), "bkv-vault-node",
+                    *args, "--config", NODE_CONFIG, "--timeout", f"{ADMIN_TIMEOUT:g}"],
+                   timeout=ADMIN_TIMEOUT + 30).stdout
+
+    def raft_members(self, via: str) -> dict[str, dict[str, str]]:
+        """The Raft group as its leader lists it (asked through ``via``): node -> member."""
+        out = self.admin(via, ["member", "list", "--json"])
+        try:
+            return {m["node_id"]: m for m in json.loads(out)["members"]}
+        except (ValueError, KeyError, TypeError):
+            raise ComposeError(f"unexpected `member list` output: {out[:200]!r}") from None
+
+    def record(self, action: str, node: str, datacenter: str = "") -> None:
+        """Record a membership change in the layout (configs rewritten from it)."""
+        try:
+            compose_layout.record_member(self.state, action, node, datacenter)
+        except LauncherError as err:
+            raise ComposeError(f"layout: {err}") from None
+
+    def hup_chatds(self) -> None:
+        """Make every ChatD re-read its node list (its config is rewritten by the layout)."""
+        for name, _ in compose_layout.chatd_names():
+            run(["docker", "kill", "-s", "HUP", self.container(name)])
+
+    def member_remove(self, node: str, via: str, timeout: float) -> None:
+        """Take ``node`` out of the Raft group, then record it and re-route the ChatDs.
+
+        ``member remove`` returns once the removal is committed; the leader's member
+        list is then polled (bounded) until it no longer names the node."""
+        self.admin(via, ["member", "remove", "--node-id", node, "--json"])
+        self.removed[node] = datacenter_of(node)
+        end = time.monotonic() + timeout
+        for _ in range(MAX_POLLS):
+            if node not in self.raft_members(via):
+                break
+            if time.monotonic() >= end:
+                raise ComposeError(f"{node} still a member {timeout:g}s after its removal")
+            time.sleep(POLL_SECONDS)
+        self.record("remove", node)
+        self.hup_chatds()
+
+    def wipe_data(self, node: str, grace: int = 2) -> None:
+        """Stop a node's container and empty its data volume (the container stays)."""
+        self.stop([node], grace=grace)
+        fmt = ('{{range .Mounts}}{{if eq .Destination "' + DATA_MOUNT + '"}}{{.Name}}'
+               '{{end}}{{end}}')
+        volume = run(["docker", "inspect", "-f", fmt, self.container(node)]).stdout.strip()
+        if not volume:
+            raise ComposeError(f"{node} has no data volume")
+        run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh",
+             "-v", f"{volume}:{DATA_MOUNT}", IMAGE, "-c",
+             f"rm -rf {DATA_MOUNT}/data && test -z \"$(ls -A {DATA_MOUNT})\""])
+
+    def member_add(self, node: str, via: str, timeout: float) -> services_pb2.NodeStatus:
+        """Bring a removed node back as a new member on an empty data volume.
+
+        Gives it a new link key (the old one was revoked with the removal), records
+        it, starts it with ``join = true`` (it never campaigns before it is a member),
+        asks the leader to add it, re-routes the ChatDs and waits (bounded) until it
+        has applied what the leader had committed when it was added; returns its
+        status (``snapshots_loaded`` says whether it caught up from a snapshot)."""
+        datacenter = self.removed[node]
+        (self.state / "secrets" / "link" / f"{node}.key").unlink(missing_ok=True)
+        self.record("add", node, datacenter)
+        try:
+            update_config_key(self.state / "config" / f"{node}.toml", "join", True)
+        except LauncherError as err:
+            raise ComposeError(str(err)) from None
+        public_key = node_link_key(self.state / "secrets", node)[1]
+        self.start([node])
+        self.admin(via, ["member", "add", "--node-id", node, "--datacenter", datacenter,
+                         "--raft-address", f"{node}:{compose_layout.RAFT_PORT}",
+                         "--grpc-address", f"{node}:{compose_layout.GRPC_PORT}",
+                         "--link-public-key", public_key, "--json"])
+        del self.removed[node]
+        self.hup_chatds()
+        end = time.monotonic() + timeout
+        target: int | None = None
+        for _ in range(MAX_POLLS):
+            seen = self.statuses()
+            leaders = [s for s in seen.values() if s.role == "leader"]
+            if target is None and leaders:
+                target = int(max(leaders, key=lambda s: s.term).commit_index)
+            mine = seen.get(node)
+            if target is not None and mine is not None and mine.last_applied >= target:
+                return mine
+            if time.monotonic() >= end:
+                raise ComposeError(f"{node} added but not caught up in {timeout:g}s")
+            time.sleep(POLL_SECONDS)
+        raise ComposeError(f"{node} added but not caught up")
+
     def heal(self, timeout: float = 180.0) -> None:
-        """Undo every fault: unpause, reconnect to wan, start everything."""
+        """Undo every fault: unpause, reconnect to wan, start everything, and add back any
+        member a fault took out of the Raft group."""
         services = all_nodes() + [n for n, _ in compose_layout.chatd_names()]
         for s in services:
             state = run(["docker", "inspect", "-f", "{{.State.Status}}", self.container(s)],
@@ -311,7 +414,18 @@ class ComposeCluster:
             if state == "paused":
                 self.unpause(s)
         self.connect_wan(list(self._wan_ips))
-        self.start(services)
+        out = set(self.removed)
+        self.start([s for s in services if s not in out])
+        for node in list(out):
+            via = self.wait_leader(timeout) or next(n for n in all_nodes() if n not in out)
+            if node in self.raft_members(via):  # the removal never committed: a member still
+                del self.removed[node]
+                if node not in dict(compose_layout.node_names(self.state)):
+                    self.record("add", node, datacenter_of(node))
+                self.start([node])
+                self.hup_chatds()
+            else:
+                self.member_add(node, via, timeout)
         if not self.wait_all_nodes(timeout):
             raise ComposeError(f"cluster not whole {timeout:g}s after healing")
 

@@ -5,6 +5,13 @@ running, heal, then wait (bounded) until the cluster names a leader again — so
 that a hundred and more of them fit in a few minutes of a live workload. Every
 injected fault is recorded, with the moments the leader was lost, so recovery
 times can be read from the operation history afterwards.
+
+One fault changes the Raft group itself (``member-readd``): a follower is removed
+(the removal committed and gone from the leader's member list), stopped and its
+data volume emptied; the leader is asked to snapshot and compact its log; then
+the node comes back as a new member with a new link key and must catch up from
+a snapshot sent by the leader. Its heal is over only once the node has applied
+what the leader had committed when it was added.
 """
 
 from __future__ import annotations
@@ -36,13 +43,16 @@ class FaultKind(StrEnum):
     PARTITION_DC = "partition-dc"      # a DC's nodes off the wan network, then back
     STOP_DC = "stop-dc"                # docker stop of a DC's nodes and ChatD, then start
     RESTART_ALL = "restart-all"        # docker restart of all 5 nodes at once
+    MEMBER_READD = "member-readd"      # member remove of a follower, wipe, member add back
 
 
-# One round mixes every kind; every RESTART_EVERY-th round also restarts everything.
+# One round mixes every kind; every RESTART_EVERY-th round also restarts everything and
+# every MEMBER_EVERY-th round also takes a follower out of the group and back.
 ROUND = (FaultKind.KILL_LEADER, FaultKind.PARTITION_DC, FaultKind.PAUSE_LEADER,
          FaultKind.STOP_DC, FaultKind.KILL_LEADER, FaultKind.PARTITION_DC,
          FaultKind.PAUSE_LEADER)
 RESTART_EVERY = 3
+MEMBER_EVERY = 2
 
 
 def schedule(count: int) -> list[FaultKind]:
@@ -54,6 +64,8 @@ def schedule(count: int) -> list[FaultKind]:
         rounds += 1
         if rounds % RESTART_EVERY == 1:
             plan.append(FaultKind.RESTART_ALL)
+        if rounds % MEMBER_EVERY == 1:
+            plan.append(FaultKind.MEMBER_READD)
     return plan[:count]
 
 
@@ -71,6 +83,7 @@ class FaultRecord:
     leader_after: str | None   # None: no leader within the settle timeout
     settled_at: float          # when a leader was known again after healing
     error: str = ""            # an engine command that failed (the fault may be partial)
+    note: str = ""             # what the heal saw (member-readd: how the node caught up)
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ class FaultTiming:
     hold_max: float = 2.0
     settle_timeout: float = 30.0
     stop_grace: int = 1
+    member_timeout: float = 90.0  # a membership change committed, a new member caught up
 
 
 class FaultInjector:
@@ -95,6 +109,7 @@ class FaultInjector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._note = ""
 
     # ---- one fault ----
 
@@ -104,6 +119,7 @@ class FaultInjector:
         leader = self.cluster.wait_leader(self.timing.settle_timeout)
         target, hit, undo = self._prepare(kind, leader)
         error = ""
+        self._note = ""
         injected = time.monotonic()
         try:
             self._do(kind, target, hit)
@@ -119,7 +135,8 @@ class FaultInjector:
         record = FaultRecord(kind=kind, target=target, began_at=began, injected_at=injected,
                              healed_at=healed,
                              leader_before=leader, leader_lost=leader is not None and leader in hit,
-                             leader_after=after, settled_at=time.monotonic(), error=error)
+                             leader_after=after, settled_at=time.monotonic(), error=error,
+                             note=self._note)
         self.records.append(record)
         return record
 
@@ -134,6 +151,9 @@ class FaultInjector:
             return node, [node], lambda: c.unpause(node)
         if kind is FaultKind.RESTART_ALL:
             return "all", all_nodes(), lambda: c.start(all_nodes())
+        if kind is FaultKind.MEMBER_READD:
+            follower = self._rng.choice([n for n in all_nodes() if n != leader])
+            return follower, [follower], lambda: self._readd(follower)
         # a data center: the leader's half of the time, any other otherwise
         dc = datacenter_of(node) if self._rng.random() < 0.5 else self._rng.choice(datacenters())
         hit = nodes_in(dc)
@@ -141,9 +161,47 @@ class FaultInjector:
             return dc, hit, lambda: c.connect_wan(hit)
         return dc, hit, lambda: c.start([*hit, chatd_of(dc)])
 
+    def _speaker(self, besides: str) -> str:
+        """A member to run admin commands in: the leader, else any other member."""
+        leader = self.cluster.wait_leader(self.timing.settle_timeout)
+        if leader is not None and leader != besides:
+            return leader
+        return next(n for n in all_nodes() if n != besides and n not in self.cluster.removed)
+
+    def _take_out(self, node: str) -> None:
+        """Remove ``node`` from the group (committed), empty its volume, compact the leader."""
+        c = self.cluster
+        c.member_remove(node, self._speaker(node), self.timing.member_timeout)
+        c.wipe_data(node, grace=self.timing.stop_grace)
+        # The leader snapshots and compacts its log now, so the node can only catch up
+        # from a snapshot; wait (bounded) until the snapshot is written.
+        leader = self._speaker(node)
+        before = c.statuses().get(leader)
+        c.admin(leader, ["snapshot", "now", "--json"])
+        end = time.monotonic() + self.timing.member_timeout
+        while before is not None and time.monotonic() < end:
+            now = c.statuses().get(leader)
+            if now is not None and now.snapshots_written > before.snapshots_written:
+                return
+            time.sleep(0.25)
+        raise ComposeError(f"{leader} wrote no snapshot after `snapshot now`")
+
+    def _readd(self, node: str) -> None:
+        """Add the emptied node back; it must have caught up by a snapshot install."""
+        if node not in self.cluster.removed:  # its removal failed (recorded): still a member
+            self.cluster.start([node])
+            return
+        status = self.cluster.member_add(node, self._speaker(node), self.timing.member_timeout)
+        self._note = (f"caught up to {status.last_applied}, "
+                      f"{status.snapshots_loaded} snapshot(s) installed")
+        if status.snapshots_loaded < 1:
+            raise ComposeError(f"{node} caught up without a snapshot install")
+
     def _do(self, kind: FaultKind, target: str, hit: list[str]) -> None:
         c = self.cluster
-        if kind is FaultKind.KILL_LEADER:
+        if kind is FaultKind.MEMBER_READD:
+            self._take_out(target)
+        elif kind is FaultKind.KILL_LEADER:
             c.kill(target)
         elif kind is FaultKind.PAUSE_LEADER:
             c.pause(target)
@@ -191,7 +249,7 @@ class FaultInjector:
                 f"{' (lost)' if r.leader_lost else ''} -> {r.leader_after or 'NONE'}  "
                 f"aim {r.injected_at - r.began_at:5.1f}s fault {r.healed_at - r.injected_at:5.1f}s"
                 f" settle {r.settled_at - r.healed_at:5.1f}s"
-                f"{'  ERROR ' + r.error if r.error else ''}"
+                f"{'  ERROR ' + r.error if r.error else ''}{'  ' + r.note if r.note else ''}"
                 for i, r in enumerate(self.records, 1)]
 
     def counts(self) -> Counter[str]:

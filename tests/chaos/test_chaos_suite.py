@@ -3,7 +3,8 @@
 Several clients register deposits, recover them, guess wrong passwords and open
 logins they never finish (KE1 without KE3), through the ChatDs published on
 127.0.0.1, while the leader is killed and paused, whole data centers are stopped
-or cut off the ``wan`` network, and every node is restarted at once. Every
+or cut off the ``wan`` network, every node is restarted at once, and a follower is
+removed from the Raft group, emptied and added back (catching up from a snapshot). Every
 operation's invocation and completion goes to a history file; once everything is
 healed the history is checked: no acknowledged registration lost, no deposit
 answered more KE2s than its limit, every account's attempt counter linearizable,
@@ -223,6 +224,9 @@ def test_no_invariant_breaks_under_faults(cluster: ComposeCluster, tmp_path: Pat
 
     assert not missing, f"nodes never reported a state digest: {missing}"
     assert len(report.violations) == 0, report.violations[:20]
+    readds = [r for r in injector.records if r.kind is FaultKind.MEMBER_READD]
+    assert readds, "no membership fault was injected"
+    assert not [r.error for r in readds if r.error], [r.error for r in readds if r.error]
     clean = [r for r in injector.records if not r.error]
     assert len(clean) >= MIN_FAULTS, f"only {len(clean)} faults injected without engine errors"
 
@@ -235,8 +239,9 @@ def test_schedule_mixes_every_kind_and_reaches_the_minimum() -> None:
     assert len(plan) == 110 >= MIN_FAULTS
     counts = Counter(plan)
     assert set(counts) == set(FaultKind)
-    assert set(plan[:len(ROUND) + 1]) == set(FaultKind)  # every kind in the first round
+    assert set(plan[:len(ROUND) + 2]) == set(FaultKind)  # every kind in the first round
     assert counts[FaultKind.RESTART_ALL] >= 3
+    assert counts[FaultKind.MEMBER_READD] >= 5
     assert schedule(7) == list(ROUND)[:7]
 
 
@@ -247,18 +252,23 @@ def test_summary_counts_faults_and_flags_divergent_state() -> None:
     part = FaultRecord(kind=FaultKind.PARTITION_DC, target="dc3", began_at=19.0, injected_at=20.0,
                        healed_at=22.0, leader_before="dc2-n1", leader_lost=False,
                        leader_after="dc2-n1", settled_at=22.1, error="boom")
-    text = format_summary(faults=[kill, part], outcomes={"finish:gen": 3, "begin:ke2": 4},
+    readd = FaultRecord(kind=FaultKind.MEMBER_READD, target="dc2-n2", began_at=30.0,
+                        injected_at=30.5, healed_at=40.0, leader_before="dc2-n1",
+                        leader_lost=False, leader_after="dc2-n1", settled_at=40.1,
+                        note="caught up to 812, 1 snapshot(s) installed")
+    text = format_summary(faults=[kill, part, readd],
+                          outcomes={"finish:gen": 3, "begin:ke2": 4},
                           violations=["lost registration acct-1"], recoveries=[(kill, 1.25)],
                           commits={"dc1-n1": 7, "dc2-n1": 7},
                           digests={"dc1-n1": b"\x01" * 32, "dc2-n1": b"\x02" * 32},
                           missing_nodes=["dc3-n1"], phases=Phases(), workload_stats={})
-    assert "kill-leader" in text and "partition-dc" in text
+    assert "kill-leader" in text and "partition-dc" in text and "member-readd" in text
     assert "! lost registration acct-1" in text
     assert "1.25" in text
     assert "identical" in text and " NO" in text
     lines = text.splitlines()
     faults = lines[lines.index("faults injected") + 1:lines.index("operations by outcome")]
-    assert [ln.split()[-1] for ln in faults if ln.split()[:1] == ["total"]] == ["2"]
+    assert [ln.split()[-1] for ln in faults if ln.split()[:1] == ["total"]] == ["3"]
     assert [ln.split()[-1] for ln in faults if "engine errors" in ln] == ["1"]
     outcomes = lines[lines.index("operations by outcome") + 1:]
     assert outcomes[2].split() == ["total", "7"]

@@ -1,7 +1,8 @@
-"""The chaos workload and checks against a real local cluster: leader SIGKILL, majority loss.
+"""The chaos workload and checks against a real local cluster: leader SIGKILL, majority
+loss, and a follower replaced by a new member that catches up from a snapshot.
 
 No containers: five vault processes over three data centers and three ChatDs
-on loopback (``LocalCluster``). One module-scoped run (about 20 s of load)
+on loopback (``LocalCluster``). One module-scoped run (about 30 s of load)
 feeds both tests: the real history must pass every check, and a corrupted copy
 of it must not.
 """
@@ -9,7 +10,10 @@ of it must not.
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +24,7 @@ import grpc
 import pytest
 
 from bkv_api.v1 import services_pb2
-from bkv_tools.launcher import LocalCluster
+from bkv_tools.launcher import LocalCluster, node_status
 from client_sdk.config import ClientConfig
 from client_sdk.vault_transport import ChatDTransport
 
@@ -38,6 +42,8 @@ MAJORITY_LOSS_AFTER = 11.0  # then three followers are down for DOWN_SECONDS * 2
 # until an operation has ended with an unknown outcome
 SEED = 20261123
 UNKNOWN_WAIT_SECONDS = 30.0  # bounds the majority loss if no operation ends unknown
+MEMBER_TIMEOUT = 90.0  # one membership change (committed, routed, caught up)
+AFTER_MEMBERS_SECONDS = 3.0  # load on the new membership before the workload stops
 
 
 def cluster_digests(config: ClientConfig, *, timeout: float,
@@ -97,13 +103,74 @@ class Run:
     digests: dict[str, bytes]
     killed_at: float
     seconds: float
+    members: Members
+    probe_account: str  # an attack account driven to exactly one KE2 after the faults
+
+
+@dataclass
+class Members:
+    """The membership fault: who left the group and who joined it, and how it caught up."""
+
+    removed: str
+    added: str
+    snapshots_loaded: int  # by the added member (it started empty: installs only)
+    caught_up_to: int
+    installed_through: int  # its audit trail's gap line for the first install (0: none)
+
+
+def _snapshot_now(cluster: LocalCluster, node: str) -> str:
+    """`bkv-vault-node snapshot now` with ``node``'s config: the leader snapshots and
+    compacts its log; returns the leader's node id (once its new snapshot is written)."""
+    def written(name: str) -> int:
+        st = node_status(cluster.node(name)["grpc_address"], tls=cluster.vault_tls)
+        return -1 if st is None else int(st.snapshots_written)
+
+    leader = cluster.leader(0) or node
+    before = written(leader)
+    proc = subprocess.run([sys.executable, "-m", "vault_node.cli", "snapshot", "now", "--json",
+                           "--config", str(cluster.config_path(node))],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    leader = json.loads(proc.stdout)["leader"]["node_id"]
+    if leader != cluster.leader(0):
+        before = -1  # another node answered as leader: any snapshot of it will do
+    _wait_for(lambda: written(leader) > max(before, 0), MEMBER_TIMEOUT,
+              f"a new snapshot on {leader}")
+    return str(leader)
+
+
+def _replace_a_follower(cluster: LocalCluster) -> Members:
+    """Remove a follower from the Raft group while the workload runs, then add a new member
+    on an empty data dir, after the leader compacted its log: it can only catch up by a
+    snapshot install. Each step is waited for (bounded)."""
+    _wait_for(lambda: cluster.leader(0) is not None, MEMBER_TIMEOUT, "a leader")
+    leader = cluster.leader(0)
+    follower = next(n for n in cluster.nodes(0) if n != leader)
+    datacenter = cluster.node(follower)["datacenter"]
+    cluster.member_remove(follower, timeout=MEMBER_TIMEOUT)  # returns once committed
+    assert follower not in {m.node_id for m in cluster.raft_members(0)}
+    speaker = next(n for n in cluster.nodes(0) if n != follower)
+    _snapshot_now(cluster, speaker)
+    added = f"{follower}-b"  # a new member: new name, ports, link key and empty data dir
+    cluster.member_add(added, shard=0, datacenter=datacenter, timeout=MEMBER_TIMEOUT)
+    assert added in {m.node_id for m in cluster.raft_members(0)}
+    status = node_status(cluster.node(added)["grpc_address"], tls=cluster.vault_tls)
+    assert status is not None, f"{added} does not answer after it was added"
+    audit = cluster.state_dir / "nodes" / added / "audit.jsonl"
+    gaps = [json.loads(line) for line in audit.read_text("utf-8").splitlines()
+            if '"gap"' in line]
+    installed = max((int(g["index"]) for g in gaps if g.get("reason") == "snapshot"), default=0)
+    return Members(follower, added, int(status.snapshots_loaded), int(status.last_applied),
+                   installed)
 
 
 def _load_with_leader_kill(cluster: LocalCluster, history: History) -> Run:
     config = ClientConfig.load(cluster.client_config_path)
     started = time.monotonic()
+    # The deadline only bounds a run that fails half-way: the workload is stopped below.
     workload = Workload(config, history, clients=6, accounts_per_client=4, attempt_limit=LIMIT,
-                        seed=SEED, max_ops=5_000, deadline=started + LOAD_SECONDS)
+                        seed=SEED, max_ops=5_000,
+                        deadline=started + LOAD_SECONDS + 2 * MEMBER_TIMEOUT)
     killed_at = 0.0
     try:
         workload.start()
@@ -130,8 +197,12 @@ def _load_with_leader_kill(cluster: LocalCluster, history: History) -> Run:
                   "an operation with an unknown outcome during the majority loss")
         for node in victims:
             cluster.restart_node(node)
-        time.sleep(max(0.0, started + LOAD_SECONDS - time.monotonic()))
+        # A membership fault under load: a follower leaves, a new member joins empty.
+        members = _replace_a_follower(cluster)
+        time.sleep(max(AFTER_MEMBERS_SECONDS, started + LOAD_SECONDS - time.monotonic()))
         workload.stop(20.0)
+        # The corruption test needs a settled attack account with a KE2: made, not hoped for.
+        probe = workload.one_guess_account(30.0)
         workload.final_verification(30.0)
         digests = cluster_digests(config, timeout=30.0)
     finally:
@@ -140,7 +211,8 @@ def _load_with_leader_kill(cluster: LocalCluster, history: History) -> Run:
         history.close()
     events = read_history(history.path)
     report = run_checks(events, attempt_limit=LIMIT, digests=digests)
-    return Run(events, report, workload.stats(), digests, killed_at, time.monotonic() - started)
+    return Run(events, report, workload.stats(), digests, killed_at, time.monotonic() - started,
+               members, probe)
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +236,17 @@ def test_real_history_passes_every_check(run: Run) -> None:
     print(f"workload stats: {run.stats}")
     print("recovery after leader kill: "
           + ("none" if recovery is None else f"{recovery - run.killed_at:.2f}s"))
+    print(f"membership: removed {run.members.removed}, added {run.members.added} "
+          f"(caught up to {run.members.caught_up_to}, "
+          f"{run.members.snapshots_loaded} snapshot(s) installed, the first through "
+          f"index {run.members.installed_through})")
     assert run.report.violations == []
     assert run.report.unknown == []
     assert len(run.digests) == 5 and all(run.digests.values())
+    # the digests come from the members after the change: the new one, not the removed one
+    assert run.members.added in run.digests and run.members.removed not in run.digests
+    assert run.members.snapshots_loaded >= 1  # it caught up from the leader's snapshot
+    assert run.members.installed_through > 0  # ... which its audit trail records
     for kind, least in (("register:ok", 10), ("begin:ke2", 30), ("begin:destroyed", 2),
                         ("finish:gen", 10), ("finish:login_failed", 5)):
         assert counts.get(kind, 0) >= least, (kind, counts)
@@ -186,14 +266,15 @@ def test_corrupted_copy_of_the_real_history_is_caught(run: Run) -> None:
     ends = {e.op: i for i, e in enumerate(events) if e.type != "invoke"}
     uncertain = {e.account for e in events if e.type == "info"}
     uncertain |= {e.account for e in events if e.type == "invoke" and e.op not in ends}
-    # A KE2 of an attack account (no correct logins, no unknown outcomes) replayed
-    # right after the real one with the older count: as if the vault lost a guess.
+    # The KE2 of an attack account (registered, then one wrong guess; no correct login,
+    # no unknown outcome) replayed right after the real one with the older count: as if
+    # the vault lost a guess.
+    assert run.probe_account not in uncertain
     candidates = [e for e in events
-                  if e.type == "ok" and e.f == "begin" and "-x" in e.account
-                  and e.account not in uncertain and e.proc != "final"
+                  if e.type == "ok" and e.f == "begin" and e.account == run.probe_account
                   and isinstance(e.value, dict) and e.value.get("ke2")]
-    assert candidates, "no KE2 on a settled attack account in the history"
-    ok = candidates[len(candidates) // 2]
+    assert len(candidates) == 1, candidates
+    ok = candidates[0]
     inv = next(e for e in events if e.op == ok.op and e.type == "invoke")
     fake = max(e.op for e in events) + 1
     older = {"ke2": True, "attempts_left": ok.value["attempts_left"] + 1}

@@ -170,6 +170,26 @@ class Workload:
             self._count("final_resolved" if resolved else "final_unresolved")
         self.close()
 
+    def one_guess_account(self, timeout: float, proc: str = "probe") -> str:
+        """A new attack account that answered exactly one KE2, every step definite.
+
+        Registers a fresh attack account and makes one wrong guess (KE1, never a
+        KE3), both recorded under ``proc``. An attempt that ends without a definite
+        answer (or with anything but ok and KE2) is left as it is and made again
+        on another fresh account, until ``timeout``; returns the account's name.
+        """
+        end = time.monotonic() + timeout
+        slot = 0
+        while time.monotonic() < end:
+            slot += 1
+            account = self._new_account(len(self._owned), slot, honest=False)
+            if (self._register(account, proc, budgeted=False) == "ok"
+                    and self._recover(account, proc, correct=False, abandon=True,
+                                      budgeted=False) == "ke2"):
+                return account.name
+            time.sleep(0.2)
+        raise TimeoutError(f"no attack account settled on one KE2 within {timeout:g}s")
+
     # ---- one client ---------------------------------------------------------------
 
     def _run(self, c: int) -> None:
@@ -242,8 +262,8 @@ class Workload:
 
     # ---- steps ----------------------------------------------------------------------
 
-    def _register(self, a: _Account, proc: str) -> str:
-        if not self._take_op(True):
+    def _register(self, a: _Account, proc: str, *, budgeted: bool = True) -> str:
+        if not self._take_op(budgeted):
             return "out"
         with self._lock:
             self._gens[a.name] += 1

@@ -101,3 +101,16 @@ def test_health_probe_fails_when_nothing_listens() -> None:
     port = free_ports(1)[0]
     assert not compose_layout.healthy("vault", f"127.0.0.1:{port}", timeout=0.5)
     assert compose_layout.main(["health", "chatd", "--address", f"127.0.0.1:{port}"]) == 1
+
+
+def test_member_changes_keep_the_prepared_settings(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    compose_layout.prepare(state, attempt_limit=5, allow_identity_ksf=True)
+    compose_layout.record_member(state, "remove", "dc2-n2")
+    assert not (state / "config" / "dc2-n2.toml").exists()
+    compose_layout.record_member(state, "add", "dc2-n2", "dc2")
+    for name, _ in compose_layout.node_names(state):
+        cfg = NodeConfig.load(state / "config" / f"{name}.toml")
+        assert (cfg.attempt_limit, cfg.allow_identity_ksf) == (5, True), name
+    compose_layout.prepare(state, allow_identity_ksf=False)  # an explicit choice is recorded
+    assert not NodeConfig.load(state / "config" / "dc1-n1.toml").allow_identity_ksf
