@@ -44,9 +44,11 @@ behaviour, and why:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -219,6 +221,12 @@ class DurableTransport(TCPTransport):  # type: ignore[misc]
         return journal
 
     def send(self, node: Any, message: Any) -> bool:
+        if (isinstance(message, dict) and message.get("type") == "append_entries"
+                and "serialized" in message and message["serialized"] is None
+                and self._syncObj.bkv_backlog(node)):
+            # a snapshot transfer waiting for a slow member: an empty message would only
+            # queue behind the chunks (which carry the term and commit index themselves)
+            return True
         if not (
             isinstance(message, dict)
             and message.get("type") == "append_entries"
@@ -460,10 +468,21 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             return 0, 0  # nothing but pysyncobj's first no-op: an empty node
         return self.bkv_epoch(), int(max(last, self._bkv_snapshot_index, store.applied_index()))
 
-    def bkv_backlog(self, node: Any) -> int:
-        """Bytes queued on the connection to ``node`` and not yet taken by the socket."""
+    def bkv_backlog(self, node: Any, wait: float = 0.0) -> int:
+        """Bytes queued on the connection to ``node`` and not yet taken by the socket,
+        after handing the socket what it takes (waiting up to ``wait`` s for room)."""
         conn = self.bkv_transport()._connections.get(node)
-        return int(conn.getSendBufferSize()) if conn is not None else 0
+        if conn is None:
+            return 0
+        conn._TcpConnection__trySendBuffer()
+        pending = int(conn.getSendBufferSize())
+        sock = getattr(conn, "_TcpConnection__socket", None)
+        if pending and wait > 0 and sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                select.select([], [sock], [], wait)
+            conn._TcpConnection__trySendBuffer()
+            pending = int(conn.getSendBufferSize())
+        return pending
 
     def bkv_epoch(self) -> int:
         """How many times this shard was rebuilt from a snapshot (0: never)."""

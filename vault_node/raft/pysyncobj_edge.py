@@ -50,6 +50,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import pickle
 import struct
 import zlib
 from collections.abc import Callable
@@ -175,7 +176,7 @@ HOOKED_FUNCTIONS: dict[str, tuple[str, ...]] = {
 HOOKED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     _C + "__init__": ("_TcpConnection__readBuffer", "_TcpConnection__writeBuffer",
                       "_TcpConnection__lastReadTime", "_TcpConnection__onConnected",
-                      "sendRandKey", "recvRandKey", "encryptor"),
+                      "sendRandKey", "recvRandKey", "encryptor", "_TcpConnection__socket"),
     _C + "_TcpConnection__processConnection": ("_TcpConnection__tryReadBuffer",
                                                "_TcpConnection__processParseMessage",
                                                "_TcpConnection__onConnected",
@@ -271,9 +272,19 @@ def check_shape() -> None:
 # ---- message codec ------------------------------------------------------------------------
 
 
+# Messages this large are snapshot chunks of sealed records, which zlib can't shrink:
+# they are stored (level 0) rather than compressed, sparing the leader's Raft thread.
+STORE_ABOVE_BYTES = 256 * 1024
+
+
 def encode_message(message: Any) -> bytes:
-    """pysyncobj's message encoding (protocol-2 pickle, zlib), which peers expect."""
-    return zlib.compress(safe_pickle.dumps(message), _COMPRESS_LEVEL)
+    """pysyncobj's message encoding (a pickle of plain data, zlib), which peers expect.
+
+    Protocol 4 carries bytes natively (protocol 2 turns them into latin-1 text and a
+    ``_codecs.encode`` call); any peer's restricted unpickler reads both.
+    """
+    data = pickle.dumps(message, protocol=4)
+    return zlib.compress(data, 0 if len(data) > STORE_ABOVE_BYTES else _COMPRESS_LEVEL)
 
 
 def decode_message(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:

@@ -41,6 +41,7 @@ CHUNK_BYTES = 512 * 1024  # one AppendEntries message of a snapshot transfer
 # (pysyncobj appends to one bytes object, so a growing backlog costs quadratic
 # copying on the Raft thread and stalls heartbeats past an election timeout).
 MAX_BACKLOG_CHUNKS = 2
+BACKLOG_WAIT_SECONDS = 0.005
 MAX_INCOMING_BYTES = 1 << 40
 
 
@@ -52,7 +53,7 @@ class SnapshotOwner(Protocol):
                    ) -> SnapshotHeader: ...
     def bkv_snapshot_written(self, header: SnapshotHeader, size: int) -> None: ...
     def bkv_load_snapshot(self, path: Path, *, installed: bool) -> tuple[Any, Any, Any]: ...
-    def bkv_backlog(self, node: Any) -> int: ...
+    def bkv_backlog(self, node: Any, wait: float = 0.0) -> int: ...
 
 
 class Snapshotter:
@@ -154,8 +155,11 @@ class Snapshotter:
     # ---- sending ------------------------------------------------------------------------
 
     def getTransmissionData(self, node: Any) -> tuple[bytes, bool, bool] | bool | None:
-        if self._owner.bkv_backlog(node) >= MAX_BACKLOG_CHUNKS * self.chunk_bytes:
-            return None  # the member has not taken the previous chunks yet
+        if self._owner.bkv_backlog(node, BACKLOG_WAIT_SECONDS) >= \
+                MAX_BACKLOG_CHUNKS * self.chunk_bytes:
+            # the member has not taken the previous chunks yet; the short wait keeps
+            # pysyncobj's send loop (it runs for one heartbeat period) from spinning
+            return None
         with self._lock:
             transfer = self._transfers.get(node)
             if transfer is None:
