@@ -242,6 +242,13 @@ class MemoryStore:
 _DIGEST_MODULUS = 1 << 256
 
 
+def _exhausted_record(entry: AccountEntry | None) -> bytes | None:
+    """The record id if ``entry`` is a live record with no guess left."""
+    if entry is None or entry.destroyed or entry.attempts < entry.limit:
+        return None
+    return entry.record_id
+
+
 def entry_head(e: AccountEntry) -> bytes:
     """The fixed-size part of an entry's encoding: counters, flags and lengths."""
     return struct.pack(">HHBBI", e.attempts, e.limit, int(e.destroyed), len(e.guess_tags),
@@ -313,8 +320,10 @@ class VaultState:
             total += entry_hash(account_id, new)
             store.put(account_id, new, new=old is None)
         store.set_digest_sum(total % _DIGEST_MODULUS)
-        exhausted = new is not None and not new.destroyed and new.attempts >= new.limit
-        store.set_exhausted(account_id, new.record_id if exhausted and new else None)
+        before = _exhausted_record(old)
+        after = _exhausted_record(new)
+        if after != before:  # the index changes rarely: most commands leave it alone
+            store.set_exhausted(account_id, after)
 
     def _apply(self, command: object) -> ApplyResult:
         if not isinstance(command, Command):  # validate() refused it already; explicit under -O

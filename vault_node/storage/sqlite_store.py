@@ -112,6 +112,9 @@ class SqliteStore:
             count, total = self._meta("count"), self._meta("digest_sum")
             self._count = count if isinstance(count, int) else 0
             self._sum = int.from_bytes(total) if isinstance(total, bytes) else 0
+            applied = self._meta("applied_index")
+            self._applied = applied if isinstance(applied, int) else 0
+            self._dirty = False  # count, sum and applied index are written at commit
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{path} is not a usable state database: {err}") from None
         self.commit()
@@ -171,11 +174,12 @@ class SqliteStore:
 
     def applied_index(self) -> int:
         """Index of the last vault command applied into this database (0: none)."""
-        value = self.meta("applied_index")
-        return int(value) if isinstance(value, int) else 0
+        return self._applied
 
     def set_applied(self, index: int) -> None:
-        self.set_meta("applied_index", index)
+        with self._lock:
+            self._begin()
+            self._applied, self._dirty = index, True
 
     # ---- transactions -----------------------------------------------------------------
 
@@ -184,16 +188,25 @@ class SqliteStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._in_tx = True
 
+    def _write_totals(self) -> None:
+        """The running totals, once per transaction rather than once per command."""
+        if self._dirty:
+            self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", [
+                ("count", self._count), ("digest_sum", self._sum.to_bytes(32)),
+                ("applied_index", self._applied)])
+            self._dirty = False
+
     def commit(self, *, durable: bool = False) -> None:
         """Commit what was applied; ``durable`` also fsyncs the write-ahead log."""
         with self._lock:
             if self._in_tx:
+                self._write_totals()
                 self._db.execute("COMMIT")
                 self._in_tx = False
             if durable and self._fsync:
                 self._db.execute("PRAGMA synchronous=FULL")
                 try:  # a commit in FULL mode syncs the log, with every frame before it
-                    self._set_meta("durable_mark", self._meta("applied_index"))
+                    self._set_meta("durable_mark", self._applied)
                     self._db.execute("COMMIT")
                     self._in_tx = False
                 finally:
@@ -222,14 +235,14 @@ class SqliteStore:
                  int(entry.destroyed), b"".join(entry.guess_tags), entry_head(entry)))
             if new:
                 self._count += 1
-                self._set_meta("count", self._count)
+                self._dirty = True
 
     def delete(self, account_id: bytes) -> None:
         with self._lock:
             self._begin()
             if self._db.execute("DELETE FROM accounts WHERE account_id=?", (account_id,)).rowcount:
                 self._count -= 1
-                self._set_meta("count", self._count)
+                self._dirty = True
 
     def count(self) -> int:
         return self._count
@@ -254,8 +267,8 @@ class SqliteStore:
 
     def set_digest_sum(self, value: int) -> None:
         with self._lock:
-            self._sum = value
-            self._set_meta("digest_sum", value.to_bytes(32))
+            self._begin()
+            self._sum, self._dirty = value, True
 
     def set_exhausted(self, account_id: bytes, record_id: bytes | None) -> None:
         with self._lock:
@@ -300,7 +313,7 @@ class SqliteStore:
                 [(a, e.record_id) for a, e in rows
                  if not e.destroyed and e.attempts >= e.limit])
             self._count += len(rows)
-            self._set_meta("count", self._count)
+            self._dirty = True
 
 
 def read_only_view(path: Path) -> ReadView:
