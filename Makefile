@@ -53,6 +53,13 @@ bench: $(STAMP)
 	$(BIN)/bkv bench files
 	$(BIN)/bkv bench vault
 
+# A five-node shard holding SHARD_DEPOSITS deposits (bulk-loaded, sealed by the HSM):
+# RSS, disk, restarts, commit latency during a snapshot, catch-up, recoveries/s.
+SHARD_DEPOSITS ?= 1000000
+.PHONY: bench-shard
+bench-shard: $(STAMP)
+	$(BIN)/bkv bench shard --deposits $(SHARD_DEPOSITS)
+
 # Incremental backups, bkv against restic (installed from Debian when missing) on a
 # WhatsApp-like folder of BENCH_BACKUP_MB: first backup, backup after a small change, restore.
 BENCH_BACKUP_MB ?= 640

@@ -279,10 +279,10 @@ def _snapshot_under_load(shard: _Shard, client: Callable[[], Any], accounts: lis
     """KE1->KE2 round trips (each commits a counted attempt) before and during a snapshot."""
     leader = shard.leader()
 
-    def commits(until: Callable[[], bool], limit: int) -> list[float]:
+    def commits(until: Callable[[], bool], limit: int, minimum: int = 5) -> list[float]:
         transport.clear()
-        i = 0
-        while not until() and i < limit:
+        i = 0  # at least ``minimum``: a small shard's snapshot may be done at once
+        while (i < minimum or not until()) and i < limit:
             client().recover(accounts[i % len(accounts)], password)
             i += 1
         return list(transport.samples[envelope_pb2.LOGIN_START])
@@ -358,8 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     quiet = args.json
-    figures = run_shard_bench(ShardBenchSettings(deposits=args.deposits),
-                              say=(lambda _s: None) if quiet else print)
+    try:
+        figures = run_shard_bench(ShardBenchSettings(deposits=args.deposits),
+                                  say=(lambda _s: None) if quiet else print)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        print(f"bkv bench shard: {err}", file=sys.stderr)
+        return 1
     if quiet:
         print(json.dumps({k: round(v, 3) for k, v in figures.items()}, sort_keys=True))
     return 0
