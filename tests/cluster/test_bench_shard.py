@@ -22,6 +22,6 @@ def test_bench_shard_reports_every_figure() -> None:
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
-    assert KEYS <= set(figures)
+    assert set(figures) >= KEYS
     assert figures["deposits"] == 1000 and figures["digests_equal"] == 1.0
     assert all(figures[k] > 0 for k in KEYS if k != "digests_equal")
