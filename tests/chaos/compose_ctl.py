@@ -355,7 +355,7 @@ class ComposeCluster:
         self.hup_chatds()
 
     def wipe_data(self, node: str, grace: int = 2) -> None:
-        """Stop a node's container and empty its data volume (the container stays)."""
+        """Stop a node's container and empty its data directory (the container stays)."""
         self.stop([node], grace=grace)
         fmt = ('{{range .Mounts}}{{if eq .Destination "' + DATA_MOUNT + '"}}{{.Name}}'
                '{{end}}{{end}}')
@@ -364,7 +364,8 @@ class ComposeCluster:
             raise ComposeError(f"{node} has no data volume")
         run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh",
              "-v", f"{volume}:{DATA_MOUNT}", IMAGE, "-c",
-             f"rm -rf {DATA_MOUNT}/data && test -z \"$(ls -A {DATA_MOUNT})\""])
+             # the software HSM's mark (``high-water``) stays: an empty node may start
+             f"rm -rf {DATA_MOUNT}/data && test ! -e {DATA_MOUNT}/data"])
 
     def member_add(self, node: str, via: str, timeout: float) -> services_pb2.NodeStatus:
         """Bring a removed node back as a new member on an empty data volume.
