@@ -57,10 +57,10 @@ from typing import Any
 
 from vault_node.raft.audit import AuditLog
 from vault_node.raft.journal import (
-    SNAPSHOT_MAGIC_V1,
     DurableJournal,
     base_entry,
     fsync_dir,
+    is_legacy_snapshot,
     read_snapshot,
 )
 from vault_node.raft.log_entries import decode_entry
@@ -310,7 +310,6 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         self.bkv_snapshot_path = snapshot_path
         self.bkv_snapshot_error: str | None = None
         self.bkv_snapshots_written = 0
-        self.bkv_snapshot_bytes = 0  # size of the last snapshot this node wrote
         self.bkv_snapshots_loaded = 0  # read at start-up or installed from the leader
         self._bkv_erase_due: float | None = None  # when to compact away a removed record
         self.bkv_erasures = 0  # compactions asked for to erase removed records
@@ -503,10 +502,9 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
             cluster_id=self.bkv_cluster_id(), epoch=self.bkv_epoch(),
             taken_at_ms=time.time_ns() // 1_000_000)
 
-    def bkv_snapshot_written(self, header: SnapshotHeader, size: int) -> None:
+    def bkv_snapshot_written(self) -> None:
         """Background thread: the file is complete; erase removed records' old pages."""
         self.bkv_snapshots_written += 1
-        self.bkv_snapshot_bytes = size
         if self._bkv_erase_requested:  # the removal was committed before the view opened
             self._bkv_erase_requested = False
             self.bkv_store.erase_checkpoint()
@@ -520,13 +518,13 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
         into a fresh database that replaces the live one only once complete.
         """
         try:
-            if path.read_bytes()[:len(SNAPSHOT_MAGIC_V1)] == SNAPSHOT_MAGIC_V1:
+            if is_legacy_snapshot(path):
                 header = self._bkv_load_v1(path)
             else:
                 header = read_header(path)
-                store = self.bkv_store
-                same_shard = str(store.meta("cluster_id") or "") == header.cluster_id
-                if installed or not same_shard or store.applied_index() < header.state_index:
+                same_shard = self.bkv_cluster_id() == header.cluster_id
+                if installed or not same_shard or \
+                        self.bkv_store.applied_index() < header.state_index:
                     self._bkv_load_rows(path)
         except Exception as err:
             self.bkv_snapshot_error = f"snapshot {path} unusable: {type(err).__name__}"
@@ -549,36 +547,45 @@ class VaultSyncObj(SyncObj):  # type: ignore[misc]
 
     def _bkv_load_rows(self, path: Path) -> SnapshotHeader:
         """Check and load a snapshot into a fresh database, then swap it in."""
-        fresh_path = self.bkv_store.path.with_name(DB_FILE + ".load")
-        _remove_db(fresh_path)
-        fresh = SqliteStore(fresh_path, fsync=False)
-        try:
+        loaded: list[SnapshotHeader] = []
+
+        def fill(fresh: SqliteStore) -> tuple[int, str, int]:
             header, digest_sum = read_stream(path, fresh.insert_rows)
             fresh.set_digest_sum(digest_sum)
-            self._bkv_finish_load(fresh, header.state_index, header.cluster_id, header.epoch)
-        except BaseException:
-            fresh.close()
-            _remove_db(fresh_path)
-            raise
-        return header
+            loaded.append(header)
+            return header.state_index, header.cluster_id, header.epoch
+
+        self._bkv_load_fresh(fill)
+        return loaded[0]
 
     def _bkv_load_v1(self, path: Path) -> SnapshotHeader:
         """A snapshot written before the state database existed (JSON, version 1)."""
         plain, last, previous = read_snapshot(path)
         members = plain.pop(SNAPSHOT_MEMBERS_KEY, [])
+
+        def fill(fresh: SqliteStore) -> tuple[int, str, int]:
+            VaultState.from_plain(plain, fresh)
+            return int(last[1]), "", 0
+
+        self._bkv_load_fresh(fill)
+        state = VaultState(self.bkv_store)
+        return SnapshotHeader(last, previous, int(last[1]), len(state), state.digest(),
+                              members if isinstance(members, list) else [])
+
+    def _bkv_load_fresh(self, fill: Callable[[SqliteStore], tuple[int, str, int]]) -> None:
+        """Build a fresh database beside the live one with ``fill`` (which returns the
+        applied index, shard identity and epoch), then swap it in; on any failure the
+        half-built database is removed and the live one is untouched."""
         fresh_path = self.bkv_store.path.with_name(DB_FILE + ".load")
         _remove_db(fresh_path)
         fresh = SqliteStore(fresh_path, fsync=False)
         try:
-            VaultState.from_plain(plain, fresh)
-            self._bkv_finish_load(fresh, int(last[1]), "", 0)
+            applied, cluster_id, epoch = fill(fresh)
+            self._bkv_finish_load(fresh, applied, cluster_id, epoch)
         except BaseException:
             fresh.close()
             _remove_db(fresh_path)
             raise
-        state = VaultState(self.bkv_store)
-        return SnapshotHeader(last, previous, int(last[1]), len(state), state.digest(),
-                              members if isinstance(members, list) else [])
 
     def _bkv_finish_load(self, fresh: SqliteStore, applied: int, cluster_id: str,
                          epoch: int) -> None:

@@ -302,6 +302,15 @@ def write_snapshot(
     atomic_write(path, SNAPSHOT_MAGIC_V1 + body + b"\n" + trailer, durable=durable)
 
 
+def is_legacy_snapshot(path: Path) -> bool:
+    """A snapshot in the JSON format written before the state database existed.
+
+    Reads the magic only: the current format's files run to hundreds of megabytes.
+    """
+    with path.open("rb") as f:
+        return f.read(len(SNAPSHOT_MAGIC_V1)) == SNAPSHOT_MAGIC_V1
+
+
 def read_snapshot(path: Path) -> tuple[dict[str, Any], Entry, Entry]:
     """Read and check a snapshot: (state plain data, last entry, previous entry)."""
     data = path.read_bytes()

@@ -22,7 +22,7 @@ from vault_node.hsm.high_water import HighWaterMark, LogPosition, RollbackRefuse
 from vault_node.raft.admin_endpoint import AdminEndpoint
 from vault_node.raft.audit import AUDIT_FILE, AuditError, AuditLog
 from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY, TRUNCATION_MONITOR, VaultSyncObj
-from vault_node.raft.journal import SNAPSHOT_MAGIC_V1, DurableJournal, read_snapshot
+from vault_node.raft.journal import DurableJournal, is_legacy_snapshot, read_snapshot
 from vault_node.raft.log_entries import encode_entry
 from vault_node.raft.membership import Member, members_from_plain
 from vault_node.raft.pysyncobj_edge import FAIL_REASON
@@ -128,9 +128,7 @@ def check_snapshot_file(path: Path) -> None:
     if not path.exists():
         return
     try:
-        with path.open("rb") as f:
-            legacy = f.read(len(SNAPSHOT_MAGIC_V1)) == SNAPSHOT_MAGIC_V1
-        if legacy:
+        if is_legacy_snapshot(path):
             plain = read_snapshot(path)[0]
             members_from_plain(plain.pop(SNAPSHOT_MEMBERS_KEY, []))
             VaultState.from_plain(plain)

@@ -17,8 +17,8 @@ from pathlib import Path
 from vault_node.raft import safe_pickle
 from vault_node.raft.core import SNAPSHOT_MEMBERS_KEY
 from vault_node.raft.journal import (
-    SNAPSHOT_MAGIC_V1,
     Entry,
+    is_legacy_snapshot,
     load_meta,
     meta_path,
     read_records,
@@ -81,7 +81,7 @@ def read_data_dir(data_dir: Path, node_id: str, members: tuple[Member, ...]) -> 
     snapshot, db = data_dir / SNAPSHOT_FILE, data_dir / DB_FILE
     try:
         if snapshot.exists():
-            legacy = snapshot.read_bytes()[:len(SNAPSHOT_MAGIC_V1)] == SNAPSHOT_MAGIC_V1
+            legacy = is_legacy_snapshot(snapshot)
             if legacy:
                 plain, last, previous = read_snapshot(snapshot)
                 plain.pop(SNAPSHOT_MEMBERS_KEY, None)

@@ -34,11 +34,9 @@ from vault_node.state import (
     RECORD_ID_BYTES,
     AccountEntry,
     check_entry,
-    entry_bytes,
     entry_hash,
     state_digest,
 )
-from vault_node.storage.sqlite_store import ReadView
 
 MAGIC = b"BKVSNAP3"
 FORMAT_VERSION = 3
@@ -144,13 +142,6 @@ class _HashingWriter:
 SYNC_EVERY_BYTES = 16 << 20
 
 
-def encode_batches(batches: Iterator[list[tuple[bytes, AccountEntry]]]
-                   ) -> Iterator[list[bytes]]:
-    """Entries as snapshot rows (``entry_bytes``)."""
-    for batch in batches:
-        yield [entry_bytes(a, e) for a, e in batch]
-
-
 def write_stream(path: Path, header: SnapshotHeader, rows: Iterator[list[bytes]], *,
                  durable: bool) -> int:
     """Write a snapshot atomically (tmp, fsync, rename); returns its size in bytes.
@@ -186,13 +177,6 @@ def write_stream(path: Path, header: SnapshotHeader, rows: Iterator[list[bytes]]
     if durable:
         fsync_dir(path.parent)
     return size
-
-
-def write_from_view(path: Path, header_of: Callable[[ReadView], SnapshotHeader],
-                    view: ReadView, *, durable: bool) -> tuple[SnapshotHeader, int]:
-    """Stream a read view into a snapshot file."""
-    header = header_of(view)
-    return header, write_stream(path, header, view.encoded_rows(), durable=durable)
 
 
 class _HashingReader:

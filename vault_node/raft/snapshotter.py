@@ -25,12 +25,11 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from vault_node.raft.pysyncobj_edge import SERIALIZER_STATE
-from vault_node.raft.snapshot_stream import SnapshotFormatError, SnapshotHeader, write_stream
+from vault_node.raft.snapshot_stream import SnapshotHeader, write_stream
 from vault_node.storage.sqlite_store import ReadView
 
 log = logging.getLogger("vault_node.raft")
@@ -51,7 +50,7 @@ class SnapshotOwner(Protocol):
     def bkv_open_view(self) -> ReadView: ...
     def bkv_header(self, view: ReadView, last: Any, previous: Any, cluster: Any
                    ) -> SnapshotHeader: ...
-    def bkv_snapshot_written(self, header: SnapshotHeader, size: int) -> None: ...
+    def bkv_snapshot_written(self) -> None: ...
     def bkv_load_snapshot(self, path: Path, *, installed: bool) -> tuple[Any, Any, Any]: ...
     def bkv_backlog(self, node: Any, wait: float = 0.0) -> int: ...
 
@@ -75,8 +74,6 @@ class Snapshotter:
         self._incoming: IO[bytes] | None = None
         self._incoming_size = 0
         self._received = False
-        self.failures = 0
-        self.on_finished: Callable[[bool], None] | None = None
         # a crash may leave a half-written or half-received file: never used, removed
         for stale in (path.with_name(path.name + ".tmp"), self._incoming_path):
             stale.unlink(missing_ok=True)
@@ -122,19 +119,15 @@ class Snapshotter:
         ok = False
         try:
             with view:
-                size = write_stream(self._path, header, view.encoded_rows(),
-                                    durable=self._durable)
-            self._owner.bkv_snapshot_written(header, size)
+                write_stream(self._path, header, view.encoded_rows(), durable=self._durable)
+            self._owner.bkv_snapshot_written()
             ok = True
         except Exception:
-            self.failures += 1
             log.exception("writing a snapshot failed; the journal is kept")
         with self._lock:
             self._result = ok
             if ok:
                 self._held_by = set(self._transfers)
-        if self.on_finished is not None:
-            self.on_finished(ok)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until a snapshot being written is done (tests and shutdown)."""
@@ -235,5 +228,3 @@ class Snapshotter:
             self.cancelTransmisstion(node)
         self._close_incoming()
 
-
-__all__ = ["SnapshotFormatError", "Snapshotter"]
